@@ -1,0 +1,178 @@
+"""Settings: defaults, then ``$KIANA_HOME/config.toml``, then ``KIANA_*`` environment variables.
+
+Every setting is declared once in ``SETTINGS``; ``kiana config show`` and
+``docs/configuration.md`` are derived from (and tested against) that table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from kiana.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    name: str  # attribute on Settings
+    section: str  # TOML table
+    key: str  # key inside the table
+    env: str
+    kind: type
+    default: Any
+    doc: str
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "database_url", "storage", "database_url", "KIANA_DATABASE_URL", str, "",
+        "Empty: SQLite file kiana.db in the home. Or postgresql://user:pass@host/db.",
+    ),
+    SettingSpec(
+        "api_host", "api", "host", "KIANA_API_HOST", str, "127.0.0.1",
+        "Address 'kiana serve' binds to. Non-loopback addresses require the API token.",
+    ),
+    SettingSpec("api_port", "api", "port", "KIANA_API_PORT", int, 8765, "TCP port of the HTTP API."),
+    SettingSpec(
+        "api_require_token", "api", "require_token", "KIANA_API_REQUIRE_TOKEN", bool, True,
+        "Require the bearer token on every route except /healthz and /readyz.",
+    ),
+    SettingSpec(
+        "max_body_bytes", "blocks", "max_body_bytes", "KIANA_MAX_BODY_BYTES", int, 1024 * 1024,
+        "Largest block body accepted, in UTF-8 bytes.",
+    ),
+    SettingSpec(
+        "chunk_chars", "ingest", "chunk_chars", "KIANA_CHUNK_CHARS", int, 1200,
+        "Target size of a document chunk made by 'kiana add', in characters.",
+    ),
+    SettingSpec(
+        "log_level", "logging", "level", "KIANA_LOG_LEVEL", str, "warning",
+        "debug, info, warning or error. Logs never contain memory content.",
+    ),
+)  # fmt: skip
+
+
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    raw = env.get("KIANA_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".kiana"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    database_url: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8765
+    api_require_token: bool = True
+    max_body_bytes: int = 1024 * 1024
+    chunk_chars: int = 1200
+    log_level: str = "warning"
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'kiana.db'}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+
+def load_settings(
+    home: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Resolve every setting; ``overrides`` (e.g. from CLI flags) win over all else."""
+    env = os.environ if environ is None else environ
+    home = (home or default_home(env)).expanduser()
+    file_values = _read_file(home / CONFIG_FILE)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SETTINGS:
+        value, source = spec.default, "default"
+        section = file_values.get(spec.section, {})
+        if spec.key in section:
+            value, source = _coerce(spec, section[spec.key], f"{CONFIG_FILE} [{spec.section}]"), "file"
+        if spec.env in env:
+            value, source = _coerce(spec, env[spec.env], spec.env), "env"
+        if overrides.get(spec.name) is not None:
+            value, source = _coerce(spec, overrides[spec.name], "command line"), "flag"
+        values[spec.name] = value
+        sources[spec.name] = source
+    _validate(values)
+    return Settings(home=home, sources=sources, **values)
+
+
+def write_default_config(path: Path) -> None:
+    doc: dict[str, dict[str, Any]] = {}
+    for spec in SETTINGS:
+        doc.setdefault(spec.section, {})[spec.key] = spec.default
+    header = "# KI_ana configuration. Environment variables KIANA_* override these values.\n"
+    path.write_text(header + tomli_w.dumps(doc), encoding="utf-8")
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    known = {s.section: {x.key for x in SETTINGS if x.section == s.section} for s in SETTINGS}
+    for section, table in data.items():
+        if section not in known or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key in table:
+            if key not in known[section]:
+                raise ConfigError(f"{path}: unknown setting '{key}' in [{section}]")
+    return data
+
+
+def _coerce(spec: SettingSpec, raw: Any, where: str) -> Any:
+    if spec.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+    elif spec.kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+    elif spec.kind is str and isinstance(raw, str):
+        return raw
+    raise ConfigError(f"{where}: '{spec.section}.{spec.key}' must be a {spec.kind.__name__}")
+
+
+def _validate(values: dict[str, Any]) -> None:
+    if not 0 < values["api_port"] < 65536:
+        raise ConfigError("api.port must be between 1 and 65535")
+    if not 1 <= values["max_body_bytes"] <= 64 * 1024 * 1024:
+        raise ConfigError("blocks.max_body_bytes must be between 1 and 64 MiB")
+    if not 200 <= values["chunk_chars"] <= 100_000:
+        raise ConfigError("ingest.chunk_chars must be between 200 and 100000")
+    if values["log_level"] not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("logging.level must be one of debug, info, warning, error")
+    url = values["database_url"]
+    if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("storage.database_url must start with sqlite:/// or postgresql://")

@@ -1,0 +1,117 @@
+"""One exception tree for KI_ana.
+
+::
+
+    KianaError
+    ├── ConfigError                 bad or unreadable configuration
+    ├── HomeError                   data dir missing, already initialised, unreadable keys
+    ├── BlockError                  a knowledge block or tombstone failed validation
+    │   ├── MalformedBlockError     not valid JSON / wrong types / missing or extra fields
+    │   ├── UnknownFormatError      format version this node does not understand
+    │   ├── UnknownKindError        kind or scope not in the allowed set
+    │   ├── OversizedBlockError     body larger than the configured limit
+    │   ├── IdMismatchError         id is not the hash of the canonical bytes
+    │   ├── BadSignatureError       Ed25519 signature does not verify
+    │   └── UnknownAuthorError      author device is not a known member of the mind
+    ├── StoreError                  storage failures
+    │   ├── NotFoundError           no block with that id
+    │   ├── ErasedError             the block was erased (only a tombstone remains)
+    │   ├── ConflictError           a write contradicts what is stored
+    │   ├── MigrationError          schema migration failed or database is newer than code
+    │   └── DatabaseUnavailableError driver missing or server unreachable
+    └── InputError                  a user-supplied file or argument cannot be used
+
+Every error has a stable machine-readable ``code`` that the HTTP API returns
+and the CLI prints; messages never contain user content beyond ids.
+"""
+
+from __future__ import annotations
+
+
+class KianaError(Exception):
+    """Root of every error KI_ana raises on purpose."""
+
+    code = "kiana_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(KianaError):
+    code = "config_error"
+    http_status = 500
+
+
+class HomeError(KianaError):
+    code = "home_error"
+    http_status = 500
+
+
+class InputError(KianaError):
+    code = "invalid_input"
+    http_status = 400
+
+
+class BlockError(KianaError):
+    code = "invalid_block"
+    http_status = 422
+
+
+class MalformedBlockError(BlockError):
+    code = "malformed_block"
+
+
+class UnknownFormatError(BlockError):
+    code = "unknown_format_version"
+
+
+class UnknownKindError(BlockError):
+    code = "unknown_kind"
+
+
+class OversizedBlockError(BlockError):
+    code = "block_too_large"
+    http_status = 413
+
+
+class IdMismatchError(BlockError):
+    code = "id_mismatch"
+
+
+class BadSignatureError(BlockError):
+    code = "bad_signature"
+
+
+class UnknownAuthorError(BlockError):
+    code = "unknown_author"
+
+
+class StoreError(KianaError):
+    code = "store_error"
+    http_status = 500
+
+
+class NotFoundError(StoreError):
+    code = "not_found"
+    http_status = 404
+
+
+class ErasedError(StoreError):
+    code = "erased"
+    http_status = 410
+
+
+class ConflictError(StoreError):
+    code = "conflict"
+    http_status = 409
+
+
+class MigrationError(StoreError):
+    code = "migration_error"
+
+
+class DatabaseUnavailableError(StoreError):
+    code = "database_unavailable"
+    http_status = 503

@@ -1,0 +1,437 @@
+"""The block repository: put, get, list, keyword search, erase, devices.
+
+All methods are synchronous and thread-safe; call them from a thread, never
+from the event loop (``kiana.store.aio`` does that for async callers).
+Every block that enters the store is verified here (id, signature, known
+author) unless the caller already verified it and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kiana.blocks import Block, Meta, Ref, Tombstone, verify_block, verify_tombstone
+from kiana.errors import ConflictError, ErasedError, InputError, NotFoundError
+from kiana.store.db import Conn, Database, Row
+from kiana.store.migrations import current_version, migrate
+from kiana.store.types import BlockFilter, Device, Page, PutResult, SearchHit, StoreStats
+
+_COLS = "id, v, kind, scope, body, meta, author, created, refs, sig, seq"
+_BATCH = 500
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_PAGE = 1000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def body_hash(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+class BlockStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._keys: dict[str, bytes] | None = None
+
+    @classmethod
+    def open(cls, url: str, *, backup_dir: Path | None = None) -> BlockStore:
+        db = Database(url)
+        try:
+            migrate(db, backup_dir=backup_dir)
+        except BaseException:
+            db.close()
+            raise
+        return cls(db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- mind metadata and devices ------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        def write(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO mind_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        self.db.write(write)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.read(lambda c: c.one("SELECT value FROM mind_meta WHERE key = ?", (key,)))
+        return str(row[0]) if row else None
+
+    def add_device(self, device: Device) -> None:
+        def write(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO devices (device_id, sign_key, box_key, role, person, name, added, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET"
+                " role = excluded.role, name = excluded.name, record = excluded.record",
+                (
+                    device.device_id,
+                    device.sign_key.hex(),
+                    device.box_key.hex(),
+                    device.role,
+                    device.person,
+                    device.name,
+                    device.added,
+                    device.record,
+                ),
+            )
+
+        self.db.write(write)
+        self._keys = None
+
+    def devices(self) -> list[Device]:
+        rows = self.db.read(
+            lambda c: c.all(
+                "SELECT device_id, sign_key, box_key, role, person, name, added, record"
+                " FROM devices ORDER BY added, device_id"
+            )
+        )
+        return [
+            Device(r[0], bytes.fromhex(r[1]), bytes.fromhex(r[2]), r[3], r[4], r[5], int(r[6]), r[7])
+            for r in rows
+        ]
+
+    def device_key(self, device_id: str) -> bytes | None:
+        """Signing key of a known device: the ``KeyLookup`` used for verification."""
+        keys = self._keys
+        if keys is None:
+            keys = {d.device_id: d.sign_key for d in self.devices()}
+            self._keys = keys
+        return keys.get(device_id)
+
+    # -- blocks: write -------------------------------------------------------
+
+    def put(self, block: Block, *, verified: bool = False) -> PutResult:
+        return self.put_many([block], verified=verified)[0]
+
+    def put_many(self, blocks: Sequence[Block], *, verified: bool = False) -> list[PutResult]:
+        """Store blocks in one transaction. Verification failures raise before anything is written."""
+        if not verified:
+            for block in blocks:
+                verify_block(block, self.device_key)
+        return self.db.write(lambda conn: self._put_locked(conn, blocks))
+
+    def _put_locked(self, conn: Conn, blocks: Sequence[Block]) -> list[PutResult]:
+        ids = list(dict.fromkeys(b.id for b in blocks))
+        erased = _existing(conn, "SELECT erases FROM tombstones WHERE erases IN ({})", ids)
+        existing = {
+            r[0]: r[1:]
+            for r in _chunked_all(conn, "SELECT id, sig, body_hash, erased FROM blocks WHERE id IN ({})", ids)
+        }
+        results: list[PutResult] = []
+        rows: list[tuple[Any, ...]] = []
+        tags: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        stored = _now_ms()
+        for block in blocks:
+            if block.id in erased:
+                results.append(PutResult.ERASED)
+                continue
+            if block.id in existing or block.id in seen:
+                prior = existing.get(block.id)
+                if prior is not None and not prior[2] and prior[1] != body_hash(block.body):
+                    raise ConflictError(f"block {block.id[:12]}… is stored with different content")
+                results.append(PutResult.DUPLICATE)
+                continue
+            seen.add(block.id)
+            rows.append(_row(block, stored))
+            tags.extend((t, block.id) for t in block.meta.tags)
+            results.append(PutResult.STORED)
+        conn.executemany(
+            "INSERT INTO blocks (id, v, kind, scope, body, meta, title, tags_text, source, author,"
+            " created, refs, sig, body_hash, erased, stored)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            rows,
+        )
+        conn.executemany("INSERT INTO block_tags (tag, block_id) VALUES (?, ?)", tags)
+        return results
+
+    def erase(self, tomb: Tombstone, *, verified: bool = False) -> bool:
+        """Erase the content of ``tomb.erases`` and keep the tombstone. True if content was removed.
+
+        A tombstone for a block this store has never seen is kept too, so the
+        content is refused if it arrives later.
+        """
+        if not verified:
+            verify_tombstone(tomb, self.device_key)
+
+        def write(conn: Conn) -> bool:
+            conn.execute(
+                "INSERT INTO tombstones (id, erases, author, created, reason, sig, stored)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (tomb.id, tomb.erases, tomb.author, tomb.created, tomb.reason, tomb.sig, _now_ms()),
+            )
+            cur = conn.execute(
+                "UPDATE blocks SET body = '', meta = '{}', title = '', tags_text = '', source = '',"
+                " refs = '[]', body_hash = '', erased = 1 WHERE id = ? AND erased = 0",
+                (tomb.erases,),
+            )
+            conn.execute("DELETE FROM block_tags WHERE block_id = ?", (tomb.erases,))
+            return bool(cur.rowcount)
+
+        return self.db.write(write)
+
+    # -- blocks: read --------------------------------------------------------
+
+    def get(self, block_id: str) -> Block:
+        row = self.db.read(
+            lambda c: c.one(f"SELECT {_COLS}, erased FROM blocks WHERE id = ?", (block_id,))
+        )
+        if row is None:
+            if self.tombstone_for(block_id) is not None:
+                raise ErasedError(f"block {block_id[:12]}… was erased; only its tombstone remains")
+            raise NotFoundError(f"no block with id {block_id[:12]}…")
+        if row[-1]:
+            raise ErasedError(f"block {block_id[:12]}… was erased; only its tombstone remains")
+        return _block(row)
+
+    def has(self, block_id: str) -> bool:
+        return self.db.read(lambda c: c.one("SELECT 1 FROM blocks WHERE id = ?", (block_id,))) is not None
+
+    def resolve_prefix(self, prefix: str) -> str:
+        """Expand an id prefix (at least 6 hex chars) to a full id."""
+        prefix = prefix.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{6,64}", prefix):
+            raise InputError("a block id is 6 to 64 lowercase hex characters")
+        if len(prefix) == 64:
+            return prefix
+        hi = prefix + "g"  # 'g' sorts after every hex digit
+        rows = self.db.read(
+            lambda c: c.all(
+                "SELECT id FROM blocks WHERE id >= ? AND id < ? UNION "
+                "SELECT erases FROM tombstones WHERE erases >= ? AND erases < ? LIMIT 3",
+                (prefix, hi, prefix, hi),
+            )
+        )
+        ids = sorted({r[0] for r in rows})
+        if not ids:
+            raise NotFoundError(f"no block with id starting {prefix}")
+        if len(ids) > 1:
+            raise InputError(f"id prefix {prefix} is ambiguous; give more characters")
+        return str(ids[0])
+
+    def tombstone_for(self, block_id: str) -> Tombstone | None:
+        row = self.db.read(
+            lambda c: c.one(
+                "SELECT id, erases, author, created, reason, sig FROM tombstones"
+                " WHERE erases = ? ORDER BY created, id LIMIT 1",
+                (block_id,),
+            )
+        )
+        return _tombstone(row) if row else None
+
+    def list(self, flt: BlockFilter = BlockFilter(), *, limit: int = 50, cursor: str | None = None) -> Page:
+        limit = _check_limit(limit)
+        where, params = _where(flt)
+        if cursor:
+            created, seq = _parse_cursor(cursor)
+            where.append("(b.created < ? OR (b.created = ? AND b.seq < ?))")
+            params += [created, created, seq]
+        sql = (
+            f"SELECT {_prefixed()} FROM blocks b WHERE {' AND '.join(where)}"
+            " ORDER BY b.created DESC, b.seq DESC LIMIT ?"
+        )
+        rows = self.db.read(lambda c: c.all(sql, [*params, limit + 1]))
+        items = [_block(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last[7]}.{last[10]}"
+        return Page(items=items, next_cursor=next_cursor)
+
+    def search(self, query: str, flt: BlockFilter = BlockFilter(), *, limit: int = 10) -> list[SearchHit]:
+        limit = _check_limit(limit)
+        words = [w.lower() for w in _WORD.findall(query)][:32]
+        if not words:
+            raise InputError("the search query has no words in it")
+        where, params = _where(flt)
+        if self.db.dialect == "sqlite":
+            match = " OR ".join(f'"{w}"*' if len(w) >= 4 else f'"{w}"' for w in words)
+            sql = (
+                f"SELECT {_prefixed()}, bm25(blocks_fts, 4.0, 1.0, 2.0) AS rank FROM blocks_fts"
+                f" JOIN blocks b ON b.seq = blocks_fts.rowid"
+                f" WHERE blocks_fts MATCH ? AND {' AND '.join(where)} ORDER BY rank LIMIT ?"
+            )
+            rows = self.db.read(lambda c: c.all(sql, [match, *params, limit]))
+            return [SearchHit(_block(r[:11]), -float(r[11])) for r in rows]
+        tsq = " | ".join(f"{w}:*" if len(w) >= 4 else w for w in words)
+        sql = (
+            f"SELECT {_prefixed()}, ts_rank(b.tsv, q) AS rank FROM blocks b,"
+            " to_tsquery('simple', ?) q"
+            f" WHERE b.tsv @@ q AND {' AND '.join(where)} ORDER BY rank DESC, b.seq DESC LIMIT ?"
+        )
+        rows = self.db.read(lambda c: c.all(sql, [tsq, *params, limit]))
+        return [SearchHit(_block(r[:11]), float(r[11])) for r in rows]
+
+    def find_same_body(self, body: str, source: str = "") -> str | None:
+        """Id of a live block with exactly this body (and source, if given)."""
+        h = body_hash(body)
+        sql = "SELECT id FROM blocks WHERE body_hash = ? AND erased = 0"
+        params: list[Any] = [h]
+        if source:
+            sql += " AND source = ?"
+            params.append(source)
+        row = self.db.read(lambda c: c.one(sql + " LIMIT 1", params))
+        return str(row[0]) if row else None
+
+    def iter_blocks(self, batch: int = 1000) -> Iterator[Block]:
+        """Every live block in storage order, read in batches (for export and verify)."""
+        last = 0
+        while True:
+            rows = self.db.read(
+                lambda c, last=last: c.all(
+                    f"SELECT {_COLS} FROM blocks WHERE seq > ? AND erased = 0 ORDER BY seq LIMIT ?",
+                    (last, batch),
+                )
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield _block(r)
+            last = int(rows[-1][10])
+
+    def iter_tombstones(self) -> Iterator[Tombstone]:
+        rows = self.db.read(
+            lambda c: c.all("SELECT id, erases, author, created, reason, sig FROM tombstones ORDER BY created, id")
+        )
+        for r in rows:
+            yield _tombstone(r)
+
+    def stats(self) -> StoreStats:
+        def query(c: Conn) -> StoreStats:
+            by_kind = {
+                r[0]: int(r[1])
+                for r in c.all("SELECT kind, COUNT(*) FROM blocks WHERE erased = 0 GROUP BY kind")
+            }
+            by_scope = {
+                r[0]: int(r[1])
+                for r in c.all("SELECT scope, COUNT(*) FROM blocks WHERE erased = 0 GROUP BY scope")
+            }
+            erased = c.one("SELECT COUNT(*) FROM blocks WHERE erased = 1")
+            tombs = c.one("SELECT COUNT(*) FROM tombstones")
+            devices = c.one("SELECT COUNT(*) FROM devices")
+            return StoreStats(
+                blocks=sum(by_kind.values()),
+                erased=int(erased[0]) if erased else 0,
+                tombstones=int(tombs[0]) if tombs else 0,
+                by_kind=by_kind,
+                by_scope=by_scope,
+                devices=int(devices[0]) if devices else 0,
+                schema_version=0,
+            )
+
+        stats = self.db.read(query)
+        return StoreStats(**{**_asdict(stats), "schema_version": current_version(self.db)})
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _asdict(stats: StoreStats) -> dict[str, Any]:
+    return {s: getattr(stats, s) for s in StoreStats.__slots__}
+
+
+def _row(block: Block, stored: int) -> tuple[Any, ...]:
+    meta = block.meta
+    return (
+        block.id,
+        block.v,
+        block.kind,
+        block.scope,
+        block.body,
+        json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":")),
+        meta.title,
+        " ".join(meta.tags),
+        meta.source,
+        block.author,
+        block.created,
+        json.dumps([r.to_dict() for r in block.refs], separators=(",", ":")),
+        block.sig,
+        body_hash(block.body),
+        stored,
+    )
+
+
+def _block(r: Row) -> Block:
+    meta = json.loads(r[5])
+    return Block(
+        id=r[0],
+        v=int(r[1]),
+        kind=r[2],
+        scope=r[3],
+        body=r[4],
+        meta=Meta(
+            title=meta.get("title", ""),
+            tags=tuple(meta.get("tags", ())),
+            source=meta.get("source", ""),
+            lang=meta.get("lang", ""),
+            seq=meta.get("seq"),
+        ),
+        author=r[6],
+        created=int(r[7]),
+        refs=tuple(Ref(rel=x["rel"], id=x["id"]) for x in json.loads(r[8])),
+        sig=r[9],
+    )
+
+
+def _tombstone(r: Row) -> Tombstone:
+    return Tombstone(id=r[0], erases=r[1], author=r[2], created=int(r[3]), reason=r[4], sig=r[5])
+
+
+def _prefixed() -> str:
+    return ", ".join(f"b.{c.strip()}" for c in _COLS.split(","))
+
+
+def _where(flt: BlockFilter) -> tuple[list[str], list[Any]]:
+    where = ["b.erased = 0"]
+    params: list[Any] = []
+    for column, value in (("kind", flt.kind), ("scope", flt.scope), ("author", flt.author)):
+        if value is not None:
+            where.append(f"b.{column} = ?")
+            params.append(value)
+    if flt.tag is not None:
+        where.append("b.id IN (SELECT block_id FROM block_tags WHERE tag = ?)")
+        params.append(flt.tag)
+    if flt.since is not None:
+        where.append("b.created >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("b.created < ?")
+        params.append(flt.until)
+    return where, params
+
+
+def _check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InputError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _parse_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        created, seq = cursor.split(".")
+        return int(created), int(seq)
+    except ValueError as exc:
+        raise InputError("invalid page cursor") from exc
+
+
+def _chunked_all(conn: Conn, sql: str, values: Sequence[str]) -> Iterable[Row]:
+    for i in range(0, len(values), _BATCH):
+        part = values[i : i + _BATCH]
+        yield from conn.all(sql.format(", ".join("?" * len(part))), part)
+
+
+def _existing(conn: Conn, sql: str, values: Sequence[str]) -> set[str]:
+    return {r[0] for r in _chunked_all(conn, sql, values)}

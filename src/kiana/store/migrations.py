@@ -1,0 +1,227 @@
+"""Versioned schema migrations that run on SQLite and PostgreSQL.
+
+Each migration has SQL for both dialects and runs in its own transaction.
+Before a pending migration touches an existing, non-empty SQLite file, the
+file is copied with SQLite's online backup API to ``<home>/backups/``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiana.errors import MigrationError
+from kiana.store.db import Conn, Database
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+_COMMON_TABLES = """
+CREATE TABLE mind_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    sign_key TEXT NOT NULL,
+    box_key TEXT NOT NULL,
+    role TEXT NOT NULL,
+    person TEXT NOT NULL,
+    name TEXT NOT NULL,
+    added BIGINT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE tombstones (
+    id TEXT PRIMARY KEY,
+    erases TEXT NOT NULL,
+    author TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    stored BIGINT NOT NULL
+);
+CREATE INDEX tombstones_erases ON tombstones (erases);
+CREATE TABLE block_tags (
+    tag TEXT NOT NULL,
+    block_id TEXT NOT NULL,
+    PRIMARY KEY (tag, block_id)
+);
+CREATE INDEX block_tags_block ON block_tags (block_id);
+"""
+
+_BLOCK_COLUMNS = """
+    id TEXT NOT NULL UNIQUE,
+    v INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    body TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    title TEXT NOT NULL,
+    tags_text TEXT NOT NULL,
+    source TEXT NOT NULL,
+    author TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    refs TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    erased INTEGER NOT NULL DEFAULT 0,
+    stored BIGINT NOT NULL
+"""
+
+_BLOCK_INDEXES = """
+CREATE INDEX blocks_created ON blocks (created, seq);
+CREATE INDEX blocks_kind ON blocks (kind, created);
+CREATE INDEX blocks_author ON blocks (author, created);
+CREATE INDEX blocks_body_hash ON blocks (body_hash);
+"""
+
+
+def _split(sql: str) -> tuple[str, ...]:
+    """Split on ``;`` at line ends, keeping ``BEGIN ... END;`` trigger bodies whole."""
+    out: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        current.append(line)
+        if stripped.upper().endswith(" BEGIN"):
+            depth += 1
+        if stripped.endswith(";"):
+            if depth and stripped.upper() == "END;":
+                depth -= 1
+            if not depth:
+                out.append("\n".join(current).strip().rstrip(";"))
+                current = []
+    if current:
+        out.append("\n".join(current).strip().rstrip(";"))
+    return tuple(out)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "blocks, tombstones, devices, keyword index",
+        sqlite=_split(
+            _COMMON_TABLES
+            + f"CREATE TABLE blocks (seq INTEGER PRIMARY KEY, {_BLOCK_COLUMNS});"
+            + _BLOCK_INDEXES
+            + """
+            CREATE VIRTUAL TABLE blocks_fts USING fts5(
+                title, body, tags_text,
+                content='blocks', content_rowid='seq',
+                tokenize='unicode61 remove_diacritics 2'
+            );
+            CREATE TRIGGER blocks_fts_insert AFTER INSERT ON blocks BEGIN
+                INSERT INTO blocks_fts (rowid, title, body, tags_text)
+                VALUES (new.seq, new.title, new.body, new.tags_text);
+            END;
+            CREATE TRIGGER blocks_fts_update AFTER UPDATE ON blocks BEGIN
+                INSERT INTO blocks_fts (blocks_fts, rowid, title, body, tags_text)
+                VALUES ('delete', old.seq, old.title, old.body, old.tags_text);
+                INSERT INTO blocks_fts (rowid, title, body, tags_text)
+                VALUES (new.seq, new.title, new.body, new.tags_text);
+            END;
+            """
+        ),
+        postgres=_split(
+            _COMMON_TABLES
+            + f"CREATE TABLE blocks (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {_BLOCK_COLUMNS},"
+            + " tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple',"
+            + " title || ' ' || body || ' ' || tags_text)) STORED);"
+            + _BLOCK_INDEXES
+            + "CREATE INDEX blocks_tsv ON blocks USING GIN (tsv);"
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+def current_version(db: Database) -> int:
+    def query(conn: Conn) -> int:
+        if db.dialect == "sqlite":
+            exists = conn.one(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+            )
+        else:
+            exists = conn.one("SELECT 1 FROM information_schema.tables WHERE table_name='schema_version'"
+                              " AND table_schema = current_schema()")
+        if not exists:
+            return 0
+        row = conn.one("SELECT MAX(version) FROM schema_version")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    return db.read(query)
+
+
+def migrate(
+    db: Database,
+    *,
+    backup_dir: Path | None = None,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> list[int]:
+    """Apply pending migrations; return the versions applied."""
+    latest = migrations[-1].version if migrations else 0
+    version = current_version(db)
+    if version > latest:
+        raise MigrationError(
+            f"the database has schema version {version}, newer than this KI_ana supports "
+            f"({latest}); upgrade KI_ana instead of downgrading the data"
+        )
+    pending = [m for m in migrations if m.version > version]
+    if not pending:
+        return []
+    if db.dialect == "sqlite" and version > 0 and backup_dir is not None:
+        backup_sqlite(db, backup_dir, label=f"before-v{pending[0].version}")
+    applied = []
+    for m in pending:
+        statements = m.sqlite if db.dialect == "sqlite" else m.postgres
+
+        def apply(conn: Conn, m: Migration = m, statements: tuple[str, ...] = statements) -> None:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL, name TEXT NOT NULL)"
+            )
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied, name) VALUES (?, ?, ?)",
+                (m.version, int(time.time() * 1000), m.name),
+            )
+
+        try:
+            db.write(apply)
+        except Exception as exc:
+            raise MigrationError(f"migration {m.version} ({m.name}) failed: {exc}") from exc
+        applied.append(m.version)
+    return applied
+
+
+def backup_sqlite(db: Database, backup_dir: Path, *, label: str) -> Path:
+    """Copy a consistent snapshot of the SQLite file into ``backup_dir``."""
+    assert db.path is not None
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = backup_dir / f"{db.path.stem}-{label}-{stamp}.db"
+    src = sqlite3.connect(db.path)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        raise MigrationError(f"could not back up {db.path} before migrating: {exc}") from exc
+    finally:
+        src.close()
+    return target
