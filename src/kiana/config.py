@@ -103,7 +103,10 @@ def load_settings(
         value, source = spec.default, "default"
         section = file_values.get(spec.section, {})
         if spec.key in section:
-            value, source = _coerce(spec, section[spec.key], f"{CONFIG_FILE} [{spec.section}]"), "file"
+            value, source = (
+                _coerce(spec, section[spec.key], f"{CONFIG_FILE} [{spec.section}]"),
+                "file",
+            )
         if spec.env in env:
             value, source = _coerce(spec, env[spec.env], spec.env), "env"
         if overrides.get(spec.name) is not None:

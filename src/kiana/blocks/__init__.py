@@ -14,7 +14,13 @@ from kiana.blocks.model import (
     Ref,
     Tombstone,
 )
-from kiana.blocks.signing import KeyLookup, make_block, make_tombstone, verify_block, verify_tombstone
+from kiana.blocks.signing import (
+    KeyLookup,
+    make_block,
+    make_tombstone,
+    verify_block,
+    verify_tombstone,
+)
 
 __all__ = [
     "FORMAT_VERSION",

@@ -136,7 +136,10 @@ def _object(record: object, what: str) -> dict[str, Any]:
 
 
 def _exact_fields(
-    obj: dict[str, Any], expected: set[str] | frozenset[str], what: str, optional: frozenset[str] = frozenset()
+    obj: dict[str, Any],
+    expected: set[str] | frozenset[str],
+    what: str,
+    optional: frozenset[str] = frozenset(),
 ) -> None:
     keys = set(obj)
     missing = sorted(set(expected) - optional - keys)
@@ -209,7 +212,9 @@ def _meta(value: object) -> Meta:
             raise MalformedBlockError(f"at most {MAX_TAGS} tags")
         for tag in raw:
             if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_LEN or tag != tag.strip():
-                raise MalformedBlockError(f"each tag must be a trimmed string of 1..{MAX_TAG_LEN} chars")
+                raise MalformedBlockError(
+                    f"each tag must be a trimmed string of 1..{MAX_TAG_LEN} chars"
+                )
         if raw != sorted(set(raw)):
             raise MalformedBlockError("meta.tags must be sorted and unique")
         tags = tuple(raw)

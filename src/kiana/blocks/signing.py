@@ -119,7 +119,9 @@ def verify_tombstone(tomb: Tombstone, lookup: KeyLookup) -> None:
     _check_sig(TOMBSTONE_DOMAIN + digest, tomb.sig, tomb.author, lookup, "tombstone", tomb.id)
 
 
-def _check_sig(message: bytes, sig_hex: str, author: str, lookup: KeyLookup, what: str, rid: str) -> None:
+def _check_sig(
+    message: bytes, sig_hex: str, author: str, lookup: KeyLookup, what: str, rid: str
+) -> None:
     raw = lookup(author)
     if raw is None:
         raise UnknownAuthorError(f"{what} {rid[:12]}… is signed by unknown device {author}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +62,9 @@ def new_person_id() -> str:
     return "p-" + base64.b32encode(os.urandom(5)).decode().lower()
 
 
-def make_genesis(keys: DeviceKeys, *, name: str, device_name: str, created: int, person: str) -> Genesis:
+def make_genesis(
+    keys: DeviceKeys, *, name: str, device_name: str, created: int, person: str
+) -> Genesis:
     draft = Genesis(
         name=name,
         created=created,

@@ -8,6 +8,7 @@ author) unless the caller already verified it and says so.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -99,7 +100,9 @@ class BlockStore:
             )
         )
         return [
-            Device(r[0], bytes.fromhex(r[1]), bytes.fromhex(r[2]), r[3], r[4], r[5], int(r[6]), r[7])
+            Device(
+                r[0], bytes.fromhex(r[1]), bytes.fromhex(r[2]), r[3], r[4], r[5], int(r[6]), r[7]
+            )
             for r in rows
         ]
 
@@ -128,7 +131,9 @@ class BlockStore:
         erased = _existing(conn, "SELECT erases FROM tombstones WHERE erases IN ({})", ids)
         existing = {
             r[0]: r[1:]
-            for r in _chunked_all(conn, "SELECT id, sig, body_hash, erased FROM blocks WHERE id IN ({})", ids)
+            for r in _chunked_all(
+                conn, "SELECT id, sig, body_hash, erased FROM blocks WHERE id IN ({})", ids
+            )
         }
         results: list[PutResult] = []
         rows: list[tuple[Any, ...]] = []
@@ -198,7 +203,10 @@ class BlockStore:
         return _block(row)
 
     def has(self, block_id: str) -> bool:
-        return self.db.read(lambda c: c.one("SELECT 1 FROM blocks WHERE id = ?", (block_id,))) is not None
+        return (
+            self.db.read(lambda c: c.one("SELECT 1 FROM blocks WHERE id = ?", (block_id,)))
+            is not None
+        )
 
     def resolve_prefix(self, prefix: str) -> str:
         """Expand an id prefix (at least 6 hex chars) to a full id."""
@@ -232,9 +240,11 @@ class BlockStore:
         )
         return _tombstone(row) if row else None
 
-    def list(self, flt: BlockFilter = BlockFilter(), *, limit: int = 50, cursor: str | None = None) -> Page:
+    def list_blocks(
+        self, flt: BlockFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page:
         limit = _check_limit(limit)
-        where, params = _where(flt)
+        where, params = _where(flt or BlockFilter())
         if cursor:
             created, seq = _parse_cursor(cursor)
             where.append("(b.created < ? OR (b.created = ? AND b.seq < ?))")
@@ -251,12 +261,14 @@ class BlockStore:
             next_cursor = f"{last[7]}.{last[10]}"
         return Page(items=items, next_cursor=next_cursor)
 
-    def search(self, query: str, flt: BlockFilter = BlockFilter(), *, limit: int = 10) -> list[SearchHit]:
+    def search(
+        self, query: str, flt: BlockFilter | None = None, *, limit: int = 10
+    ) -> list[SearchHit]:
         limit = _check_limit(limit)
         words = [w.lower() for w in _WORD.findall(query)][:32]
         if not words:
             raise InputError("the search query has no words in it")
-        where, params = _where(flt)
+        where, params = _where(flt or BlockFilter())
         if self.db.dialect == "sqlite":
             match = " OR ".join(f'"{w}"*' if len(w) >= 4 else f'"{w}"' for w in words)
             sql = (
@@ -291,7 +303,8 @@ class BlockStore:
         last = 0
         while True:
             rows = self.db.read(
-                lambda c, last=last: c.all(
+                functools.partial(
+                    _all,
                     f"SELECT {_COLS} FROM blocks WHERE seq > ? AND erased = 0 ORDER BY seq LIMIT ?",
                     (last, batch),
                 )
@@ -304,7 +317,9 @@ class BlockStore:
 
     def iter_tombstones(self) -> Iterator[Tombstone]:
         rows = self.db.read(
-            lambda c: c.all("SELECT id, erases, author, created, reason, sig FROM tombstones ORDER BY created, id")
+            lambda c: c.all(
+                "SELECT id, erases, author, created, reason, sig FROM tombstones ORDER BY created, id"
+            )
         )
         for r in rows:
             yield _tombstone(r)
@@ -337,6 +352,10 @@ class BlockStore:
 
 
 # -- helpers ------------------------------------------------------------------
+
+
+def _all(sql: str, params: Sequence[Any], conn: Conn) -> list[Row]:
+    return conn.all(sql, params)
 
 
 def _asdict(stats: StoreStats) -> dict[str, Any]:

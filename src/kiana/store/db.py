@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -168,10 +168,8 @@ class Database:
         try:
             yield
         except BaseException as exc:
-            try:
+            with suppress(Exception):  # the original error is what matters
                 conn.raw.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001 - the original error is what matters
-                pass
             if isinstance(exc, Exception) and _is_driver_error(exc):
                 raise self._wrap(exc) from exc
             raise
@@ -205,10 +203,8 @@ class Database:
             self._writer.raw.close()
         with self._readers_lock:
             for raw in self._readers:
-                try:
+                with suppress(Exception):  # closing other threads' connections: best effort
                     raw.close()
-                except Exception:  # noqa: BLE001 - closing other threads' connections is best effort
-                    pass
             self._readers.clear()
 
 

@@ -155,8 +155,10 @@ def current_version(db: Database) -> int:
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
             )
         else:
-            exists = conn.one("SELECT 1 FROM information_schema.tables WHERE table_name='schema_version'"
-                              " AND table_schema = current_schema()")
+            exists = conn.one(
+                "SELECT 1 FROM information_schema.tables WHERE table_name='schema_version'"
+                " AND table_schema = current_schema()"
+            )
         if not exists:
             return 0
         row = conn.one("SELECT MAX(version) FROM schema_version")

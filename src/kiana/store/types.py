@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from kiana.blocks import Block
 
 
-class PutResult(str, Enum):
+class PutResult(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # the same block was already stored: a no-op
     ERASED = "erased"  # a tombstone for this id exists; the content is refused

@@ -1,0 +1,1 @@
+"""Turning files and text into knowledge blocks (chunking); retrieval comes later."""
