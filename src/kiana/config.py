@@ -118,11 +118,30 @@ def load_settings(
 
 
 def write_default_config(path: Path) -> None:
-    doc: dict[str, dict[str, Any]] = {}
+    """Write a config file listing every setting, commented out at its default."""
+    lines = [
+        "# KI_ana configuration. Uncomment a line to change a setting.",
+        "# Environment variables (KIANA_*) override this file; see docs/configuration.md.",
+    ]
+    section = ""
     for spec in SETTINGS:
-        doc.setdefault(spec.section, {})[spec.key] = spec.default
-    header = "# KI_ana configuration. Environment variables KIANA_* override these values.\n"
-    path.write_text(header + tomli_w.dumps(doc), encoding="utf-8")
+        if spec.section != section:
+            section = spec.section
+            lines += ["", f"[{section}]"]
+        value = tomli_w.dumps({spec.key: spec.default}).strip()
+        lines += [f"# {spec.doc}", f"# {value}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a database URL before showing it."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
 def _read_file(path: Path) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from kiana.blocks import (
     parse_block,
     verify_block,
 )
-from kiana.config import Settings
+from kiana.config import Settings, redact_url
 from kiana.errors import BlockError, HomeError, InputError, KianaError, NotFoundError
 from kiana.home import HomeLayout, initialise_home, load_identity
 from kiana.identity import DeviceKeys, Genesis
@@ -317,7 +317,7 @@ class Node:
             "device": {"id": self.device_id, "name": self._device_name()},
             "storage": {
                 "backend": self.store.db.dialect,
-                "location": url if url.startswith("sqlite") else _redact(url),
+                "location": redact_url(url),
                 "schema_version": stats.schema_version,
             },
             "blocks": {
@@ -335,16 +335,6 @@ class Node:
             if d.device_id == self.device_id:
                 return d.name
         return ""
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 __all__ = ["AddReport", "KianaError", "Node", "Provenance", "Remembered", "VerifyReport", "now_ms"]

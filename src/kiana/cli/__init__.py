@@ -1,0 +1,1 @@
+"""The ``kiana`` command line: a thin shell over ``kiana.node.Node``."""
