@@ -170,14 +170,14 @@ def _int(obj: dict[str, Any], key: str) -> int:
 
 def _hex(obj: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
     value = _str(obj, key)
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise MalformedBlockError(f"field {key!r} is not lowercase hex of the right length")
     return value
 
 
 def _device(obj: dict[str, Any], key: str) -> str:
     value = _str(obj, key)
-    if not DEVICE_ID.match(value):
+    if not DEVICE_ID.fullmatch(value):
         raise MalformedBlockError(f"field {key!r} is not a device id (xxxx-xxxx-xxxx-xxxx)")
     return value
 
@@ -198,7 +198,7 @@ def _meta(value: object) -> Meta:
     title = _opt_str(value, "title", MAX_TITLE)
     source = _opt_str(value, "source", MAX_SOURCE)
     lang = _opt_str(value, "lang", 35)
-    if lang and not LANG.match(lang):
+    if lang and not LANG.fullmatch(lang):
         raise MalformedBlockError("meta.lang must be a language tag such as 'en' or 'de-AT'")
     seq: int | None = None
     if "seq" in value:
