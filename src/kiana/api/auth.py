@@ -1,0 +1,62 @@
+"""Bearer-token authentication for every route outside an explicit open set.
+
+It runs as ASGI middleware, before routing and before any body is read, so
+an unauthenticated client learns nothing: not which routes exist, not
+whether its JSON parses.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kiana.api.deps import runtime_of
+from kiana.api.errors import NotReadyError, error_response
+
+SCHEME = b"bearer "
+
+
+def bearer_token(scope: Scope) -> bytes | None:
+    """The token of the first ``Authorization: Bearer ...`` header, if any."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            if value[: len(SCHEME)].lower() == SCHEME:
+                return bytes(value[len(SCHEME) :].strip())
+            return None
+    return None
+
+
+def token_matches(given: bytes | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given, expected.encode("ascii"))
+
+
+class BearerAuthMiddleware:
+    def __init__(self, app: ASGIApp, *, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        try:
+            runtime = runtime_of(scope["app"])
+        except NotReadyError as exc:
+            await error_response(503, exc.code, exc.message)(scope, receive, send)
+            return
+        if not runtime.settings.api_require_token:
+            await self.app(scope, receive, send)
+            return
+        given = bearer_token(scope)
+        if runtime.token is not None and token_matches(given, runtime.token):
+            await self.app(scope, receive, send)
+            return
+        if given is None:
+            message, challenge = "send 'Authorization: Bearer <token>'", "Bearer"
+        else:
+            message, challenge = "the bearer token is not valid", 'Bearer error="invalid_token"'
+        response = error_response(
+            401, "unauthorized", message, headers={"WWW-Authenticate": challenge}
+        )
+        await response(scope, receive, send)
