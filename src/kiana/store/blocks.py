@@ -146,18 +146,18 @@ class BlockStore:
                 continue
             if block.id in existing or block.id in seen:
                 prior = existing.get(block.id)
-                if prior is not None and not prior[2] and prior[1] != body_hash(block.body):
+                if prior is not None and not prior[2] and not _same_body(conn, block, prior[1]):
                     raise ConflictError(f"block {block.id[:12]}… is stored with different content")
                 results.append(PutResult.DUPLICATE)
                 continue
             seen.add(block.id)
-            rows.append(_row(block, stored))
+            rows.append(_row(block, stored, fold=conn.dialect == "postgres"))
             tags.extend((t, block.id) for t in block.meta.tags)
             results.append(PutResult.STORED)
         conn.executemany(
             "INSERT INTO blocks (id, v, kind, scope, body, meta, title, tags_text, source, author,"
-            " created, refs, sig, body_hash, erased, stored)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            " created, refs, sig, body_hash, erased, stored, search_text)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             rows,
         )
         conn.executemany("INSERT INTO block_tags (tag, block_id) VALUES (?, ?)", tags)
@@ -180,7 +180,8 @@ class BlockStore:
             )
             cur = conn.execute(
                 "UPDATE blocks SET body = '', meta = '{}', title = '', tags_text = '', source = '',"
-                " refs = '[]', body_hash = '', erased = 1 WHERE id = ? AND erased = 0",
+                " refs = '[]', body_hash = '', search_text = '', erased = 1"
+                " WHERE id = ? AND erased = 0",
                 (tomb.erases,),
             )
             conn.execute("DELETE FROM block_tags WHERE block_id = ?", (tomb.erases,))
@@ -362,8 +363,23 @@ def _asdict(stats: StoreStats) -> dict[str, Any]:
     return {s: getattr(stats, s) for s in StoreStats.__slots__}
 
 
-def _row(block: Block, stored: int) -> tuple[Any, ...]:
+def _same_body(conn: Conn, block: Block, stored_hash: str) -> bool:
+    """Whether the stored row still holds exactly ``block``'s body (its hash column can lie)."""
+    if stored_hash != body_hash(block.body):
+        return False
+    row = conn.one("SELECT 1 FROM blocks WHERE id = ? AND body = ?", (block.id, block.body))
+    return row is not None
+
+
+def _row(block: Block, stored: int, *, fold: bool) -> tuple[Any, ...]:
+    """Column values for ``blocks``. ``fold``: fill ``search_text`` (PostgreSQL only).
+
+    PostgreSQL lower-cases for its keyword index with the database's locale,
+    which under ``C`` leaves "Über" as it is; so KI_ana folds case itself.
+    SQLite's FTS5 tokenizer folds Unicode case on its own.
+    """
     meta = block.meta
+    search_text = f"{meta.title} {block.body} {' '.join(meta.tags)}".lower() if fold else ""
     return (
         block.id,
         block.v,
@@ -380,6 +396,7 @@ def _row(block: Block, stored: int) -> tuple[Any, ...]:
         block.sig,
         body_hash(block.body),
         stored,
+        search_text,
     )
 
 

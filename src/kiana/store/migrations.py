@@ -143,6 +143,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             + "CREATE INDEX blocks_tsv ON blocks USING GIN (tsv);"
         ),
     ),
+    Migration(
+        2,
+        "keyword index on text lower-cased by KI_ana, not by the database locale",
+        # SQLite keeps the column empty: FTS5's unicode61 tokenizer folds case itself.
+        sqlite=("ALTER TABLE blocks ADD COLUMN search_text TEXT NOT NULL DEFAULT ''",),
+        postgres=(
+            "ALTER TABLE blocks ADD COLUMN search_text TEXT NOT NULL DEFAULT ''",
+            "UPDATE blocks SET search_text = lower(title || ' ' || body || ' ' || tags_text)"
+            " WHERE erased = 0",
+            "ALTER TABLE blocks DROP COLUMN tsv",
+            "ALTER TABLE blocks ADD COLUMN tsv tsvector GENERATED ALWAYS AS"
+            " (to_tsvector('simple', search_text)) STORED",
+            "CREATE INDEX blocks_tsv ON blocks USING GIN (tsv)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
