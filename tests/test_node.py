@@ -96,3 +96,22 @@ def test_status_reports_counts(node: Node) -> None:
     assert st["blocks"]["by_scope"] == {"private": 1, "shared": 1}
     assert st["storage"]["backend"] == "sqlite" and st["storage"]["schema_version"] >= 1
     assert st["mind"]["id"] == node.mind_id
+
+
+def test_remember_rejects_invalid_unicode_cleanly(node: Node) -> None:
+    from kiana.errors import MalformedBlockError
+
+    with pytest.raises(MalformedBlockError):
+        node.remember("bad \udcff text")
+    assert node.status()["blocks"]["total"] == 0
+
+
+def test_remember_dedupe_uses_normalised_tags(node: Node) -> None:
+    first = node.remember("tagged fact", tags=["b"])
+    again = node.remember("tagged fact", tags=[" b ", "b"])
+    assert not again.created and again.block.id == first.block.id
+
+
+def test_oversized_cursor_is_input_error(node: Node) -> None:
+    with pytest.raises(InputError):
+        node.list_blocks(cursor="1." + "9" * 19)

@@ -182,14 +182,15 @@ class Node:
         refs: list[Ref] = []
         if supersedes:
             refs.append(Ref("supersedes", self.store.resolve_prefix(supersedes)))
-        existing = self.store.find_same_body(body)
-        if existing and not refs:
-            block = self.store.get(existing)
-            if block.kind == kind and block.scope == scope and set(tags) <= set(block.tags):
-                return Remembered(block, created=False)
+        # Build (and so validate) the block first: bad text fails here with a BlockError.
         block = self.new_block(
             body=body, kind=kind, scope=scope, tags=tags, title=title, lang=lang, refs=refs
         )
+        existing = self.store.find_same_body(body)
+        if existing and not refs:
+            prior = self.store.get(existing)
+            if prior.kind == kind and prior.scope == scope and set(block.tags) <= set(prior.tags):
+                return Remembered(prior, created=False)
         self.store.put(block, verified=True)
         return Remembered(block, created=True)
 

@@ -91,7 +91,7 @@ def config_show(state: CliState, as_json: bool) -> None:
     out.print(f"home: {settings.home}\nconfig file: {settings.config_path}")
     table = Table("setting", "value", "source", "env")
     for row in rows:
-        table.add_row(row["setting"], repr(row["value"]), row["source"], row["env"])
+        table.add_row(str(row["setting"]), repr(row["value"]), str(row["source"]), str(row["env"]))
     out.print(table)
 
 

@@ -457,10 +457,13 @@ def _check_limit(limit: int) -> int:
 
 def _parse_cursor(cursor: str) -> tuple[int, int]:
     try:
-        created, seq = cursor.split(".")
-        return int(created), int(seq)
+        created_text, seq_text = cursor.split(".")
+        created, seq = int(created_text), int(seq_text)
     except ValueError as exc:
         raise InputError("invalid page cursor") from exc
+    if not (0 <= created < 2**53 and 0 <= seq < 2**62):
+        raise InputError("invalid page cursor")
+    return created, seq
 
 
 def _chunked_all(conn: Conn, sql: str, values: Sequence[str]) -> Iterable[Row]:
