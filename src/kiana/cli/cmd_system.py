@@ -7,7 +7,7 @@ from rich.table import Table
 
 from kiana.cli.context import CliState, fmt_time, json_option, out, pass_state, print_json
 from kiana.config import SETTINGS, redact_url
-from kiana.home import HomeLayout
+from kiana.home import HomeLayout, load_identity, read_token
 from kiana.node import Node
 
 
@@ -105,11 +105,17 @@ def _shown(name: str, value: object) -> object:
 @pass_state
 def serve(state: CliState, host: str | None, port: int | None) -> None:
     """Run the HTTP API (default http://127.0.0.1:8765)."""
+    from kiana.api.serve import check_bind
     from kiana.api.serve import serve as run_server
 
     state.overrides.update({"api_host": host, "api_port": port})
     state._settings = None
     settings = state.settings
+    # Fail with one clear line before announcing a server that will not start.
+    load_identity(settings)
+    check_bind(settings.api_host, settings.api_require_token)
+    if settings.api_require_token:
+        read_token(settings)
     click.echo(
         f"KI_ana API on http://{settings.api_host}:{settings.api_port}  (docs: /docs)", err=True
     )

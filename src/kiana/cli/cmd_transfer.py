@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -33,13 +34,20 @@ def export_cmd(state: CliState, output: Path | None) -> None:
             return
         tmp = output.with_name(output.name + ".part")
         count = 0
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for line in export_lines(node):
-                fh.write(line + "\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(output)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for line in export_lines(node):
+                    fh.write(line + "\n")
+                    count += 1
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(output)
+        except BaseException as exc:
+            with suppress(OSError):  # the original error is what matters
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+            raise
     err.print(f"Exported {count - 2} record(s) to {output}")
 
 
