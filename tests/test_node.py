@@ -115,3 +115,15 @@ def test_remember_dedupe_uses_normalised_tags(node: Node) -> None:
 def test_oversized_cursor_is_input_error(node: Node) -> None:
     with pytest.raises(InputError):
         node.list_blocks(cursor="1." + "9" * 19)
+
+
+def test_add_reports_oversized_chunk_per_file(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "home", environ={"KIANA_MAX_BODY_BYTES": "100"})
+    with Node.init(settings) as n:
+        big = tmp_path / "big.md"
+        big.write_text("ü" * 400)  # 800 UTF-8 bytes in one chunk, over the 100-byte limit
+        small = tmp_path / "small.md"
+        small.write_text("short note")
+        report = n.add_files([big, small])
+        assert report.files == 1 and report.chunks_stored == 1
+        assert [p for p, _ in report.errors] == [str(big)]

@@ -213,25 +213,14 @@ class Node:
                 if progress:
                     progress(1)
                 continue
-            source = str(path.resolve())
-            blocks = []
-            for chunk in chunk_text(
-                text, target=self.settings.chunk_chars, default_title=path.name
-            ):
-                if self.store.find_same_body(chunk.text, source):
-                    report.chunks_skipped += 1
-                    continue
-                blocks.append(
-                    self.new_block(
-                        body=chunk.text,
-                        kind="chunk",
-                        scope=scope,
-                        tags=tag_list,
-                        title=chunk.title,
-                        source=source,
-                        seq=chunk.seq,
-                    )
-                )
+            try:
+                blocks, skipped = self._file_blocks(path, text, tags=tag_list, scope=scope)
+            except BlockError as exc:  # e.g. a chunk over the body limit: skip the file whole
+                report.errors.append((str(path), exc.message))
+                if progress:
+                    progress(1)
+                continue
+            report.chunks_skipped += skipped
             if blocks:
                 self.store.put_many(blocks, verified=True)
             report.chunks_stored += len(blocks)
@@ -239,6 +228,30 @@ class Node:
             if progress:
                 progress(1)
         return report
+
+    def _file_blocks(
+        self, path: Path, text: str, *, tags: list[str], scope: str
+    ) -> tuple[list[Block], int]:
+        """Signed chunk blocks for one file, leaving out chunks already stored from it."""
+        source = str(path.resolve())
+        blocks: list[Block] = []
+        skipped = 0
+        for chunk in chunk_text(text, target=self.settings.chunk_chars, default_title=path.name):
+            if self.store.find_same_body(chunk.text, source):
+                skipped += 1
+                continue
+            blocks.append(
+                self.new_block(
+                    body=chunk.text,
+                    kind="chunk",
+                    scope=scope,
+                    tags=tags,
+                    title=chunk.title,
+                    source=source,
+                    seq=chunk.seq,
+                )
+            )
+        return blocks, skipped
 
     def put_signed(self, record: dict[str, Any]) -> tuple[Block, str]:
         """Verify and store a block signed elsewhere (API, import). Returns (block, result)."""

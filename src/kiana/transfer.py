@@ -30,6 +30,12 @@ BATCH = 1000
 MAX_LINE = 80 * 1024 * 1024
 
 
+class ForeignMindError(InputError):
+    """The export belongs to another mind; its blocks cannot verify here."""
+
+    code = "foreign_mind"
+
+
 @dataclass(slots=True)
 class ImportReport:
     lines: int = 0
@@ -71,6 +77,8 @@ def import_lines(
             continue
         try:
             _import_line(node, number, line, pending, report)
+        except ForeignMindError:
+            raise  # nothing in the file can verify here: stop at the header
         except KianaError as exc:
             report.errors.append((number, exc.code, exc.message))
         if len(pending) >= BATCH:
@@ -93,7 +101,7 @@ def _import_line(
         if obj.get("version") != EXPORT_VERSION:
             raise InputError(f"unsupported export version {obj.get('version')!r}")
         if obj.get("mind") != node.mind_id:
-            raise InputError(
+            raise ForeignMindError(
                 f"this export is from another mind ({obj.get('mind')}); "
                 f"this device belongs to {node.mind_id}. Join that mind to receive its memory."
             )
