@@ -28,8 +28,13 @@ from kiana.blocks import Block, Tombstone, make_block, make_tombstone
 from kiana.identity import DeviceKeys
 from kiana.store import BlockStore, Device
 
+# No deadline: signing on a busy CI machine is slow now and then. On CI, the same
+# examples every run (reproducible) and no example database.
 settings.register_profile("kiana", deadline=None, print_blob=True)
-settings.load_profile("kiana")
+settings.register_profile(
+    "kiana-ci", parent=settings.get_profile("kiana"), derandomize=True, database=None
+)
+settings.load_profile("kiana-ci" if os.environ.get("CI") else "kiana")
 
 PG_URL_ENV = "KIANA_TEST_POSTGRES_URL"
 PG_REQUIRE_ENV = "KIANA_REQUIRE_POSTGRES"
