@@ -57,6 +57,62 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "log_level", "logging", "level", "KIANA_LOG_LEVEL", str, "warning",
         "debug, info, warning or error. Logs never contain memory content.",
     ),
+    SettingSpec(
+        "model_cache", "models", "cache_dir", "KIANA_MODEL_CACHE", str, "",
+        "Where packaged models are assembled. Empty: $XDG_CACHE_HOME/kiana or ~/.cache/kiana.",
+    ),
+    SettingSpec(
+        "embedding_model", "embeddings", "model", "KIANA_EMBEDDING_MODEL", str, "all-minilm-l6-v2",
+        "Embedding model (registry name). Changing it requires 'kiana reindex'.",
+    ),
+    SettingSpec(
+        "embedding_runtime", "embeddings", "runtime", "KIANA_EMBEDDING_RUNTIME", str, "auto",
+        "auto, onnx or torch. auto prefers ONNX Runtime (faster on CPU) and falls back to torch.",
+    ),
+    SettingSpec(
+        "vector_backend", "vectors", "backend", "KIANA_VECTOR_BACKEND", str, "auto",
+        "auto (hnsw on SQLite, pgvector on PostgreSQL), hnsw, pgvector, qdrant or chroma.",
+    ),
+    SettingSpec(
+        "qdrant_url", "vectors", "qdrant_url", "KIANA_QDRANT_URL", str, "",
+        "Qdrant server URL. Empty: Qdrant's local mode in the home (no server).",
+    ),
+    SettingSpec(
+        "chat_backend", "chat", "backend", "KIANA_CHAT_BACKEND", str, "embedded",
+        "embedded (llama.cpp in-process), ollama, or openai (any OpenAI-compatible server).",
+    ),
+    SettingSpec(
+        "chat_model", "chat", "model", "KIANA_CHAT_MODEL", str, "qwen2.5-coder-1.5b-instruct",
+        "Registry name or path to a GGUF file (embedded), or the server's model name.",
+    ),
+    SettingSpec(
+        "chat_url", "chat", "url", "KIANA_CHAT_URL", str, "",
+        "Base URL of the Ollama or OpenAI-compatible server. Empty for ollama: http://127.0.0.1:11434.",
+    ),
+    SettingSpec(
+        "chat_api_key", "chat", "api_key", "KIANA_CHAT_API_KEY", str, "",
+        "API key sent to an OpenAI-compatible server, if it needs one. Never shown.",
+    ),
+    SettingSpec(
+        "chat_threads", "chat", "threads", "KIANA_CHAT_THREADS", int, 0,
+        "CPU threads for the embedded model. 0: all cores.",
+    ),
+    SettingSpec(
+        "chat_context", "chat", "context", "KIANA_CHAT_CONTEXT", int, 4096,
+        "Context window of the embedded model, in tokens.",
+    ),
+    SettingSpec(
+        "chat_timeout", "chat", "timeout", "KIANA_CHAT_TIMEOUT", int, 120,
+        "Seconds to wait for a chat backend before giving up.",
+    ),
+    SettingSpec(
+        "context_tokens", "assistant", "context_tokens", "KIANA_CONTEXT_TOKENS", int, 1024,
+        "Token budget for remembered blocks placed in the prompt.",
+    ),
+    SettingSpec(
+        "top_k", "assistant", "top_k", "KIANA_TOP_K", int, 5,
+        "How many memory blocks retrieval considers for an answer.",
+    ),
 )  # fmt: skip
 
 
@@ -76,11 +132,32 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     chunk_chars: int = 1200
     log_level: str = "warning"
+    model_cache: str = ""
+    embedding_model: str = "all-minilm-l6-v2"
+    embedding_runtime: str = "auto"
+    vector_backend: str = "auto"
+    qdrant_url: str = ""
+    chat_backend: str = "embedded"
+    chat_model: str = "qwen2.5-coder-1.5b-instruct"
+    chat_url: str = ""
+    chat_api_key: str = ""
+    chat_threads: int = 0
+    chat_context: int = 4096
+    chat_timeout: int = 120
+    context_tokens: int = 1024
+    top_k: int = 5
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'kiana.db'}"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        if self.model_cache:
+            return Path(self.model_cache).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "kiana"
 
     @property
     def config_path(self) -> Path:
@@ -195,6 +272,27 @@ def _validate(values: dict[str, Any]) -> None:
         raise ConfigError("ingest.chunk_chars must be between 200 and 100000")
     if values["log_level"] not in {"debug", "info", "warning", "error"}:
         raise ConfigError("logging.level must be one of debug, info, warning, error")
+    choices = {
+        "embedding_runtime": {"auto", "onnx", "torch"},
+        "vector_backend": {"auto", "hnsw", "pgvector", "qdrant", "chroma"},
+        "chat_backend": {"embedded", "ollama", "openai"},
+    }
+    for name, allowed in choices.items():
+        if values[name] not in allowed:
+            spec = next(s for s in SETTINGS if s.name == name)
+            raise ConfigError(
+                f"{spec.section}.{spec.key} must be one of {', '.join(sorted(allowed))}"
+            )
+    for name, low, high in (
+        ("chat_threads", 0, 256),
+        ("chat_context", 256, 131072),
+        ("chat_timeout", 1, 3600),
+        ("context_tokens", 64, 32768),
+        ("top_k", 1, 50),
+    ):
+        if not low <= values[name] <= high:
+            spec = next(s for s in SETTINGS if s.name == name)
+            raise ConfigError(f"{spec.section}.{spec.key} must be between {low} and {high}")
     url = values["database_url"]
     if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError("storage.database_url must start with sqlite:/// or postgresql://")

@@ -96,7 +96,13 @@ def config_show(state: CliState, as_json: bool) -> None:
 
 
 def _shown(name: str, value: object) -> object:
-    return redact_url(value) if name == "database_url" and isinstance(value, str) else value
+    if name == "chat_api_key" and value:
+        return "***"
+    return (
+        redact_url(value)
+        if name in {"database_url", "chat_url", "qdrant_url"} and isinstance(value, str)
+        else value
+    )
 
 
 @click.command()

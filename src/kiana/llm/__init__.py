@@ -1,0 +1,1 @@
+"""Chat model backends: embedded llama.cpp, Ollama's native API, OpenAI-compatible servers."""
