@@ -784,6 +784,27 @@ def test_full_disk_surfaces_as_store_error_and_keeps_data(
         store.close()
 
 
+def test_failed_commit_rolls_back_and_writes_keep_working(store_url: str) -> None:
+    # A deferred foreign key is only checked at COMMIT: the commit itself fails.
+    db = Database(store_url)
+    try:
+        db.write(lambda c: c.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        db.write(
+            lambda c: c.execute(
+                "CREATE TABLE child (pid INTEGER REFERENCES parent (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        with pytest.raises(StoreError):
+            db.write(lambda c: c.execute("INSERT INTO child VALUES (1)"))
+        assert db.read(lambda c: c.one("SELECT COUNT(*) FROM child")) == (0,)
+        db.write(lambda c: c.execute("INSERT INTO parent VALUES (1)"))
+        db.write(lambda c: c.execute("INSERT INTO child VALUES (1)"))
+        assert db.read(lambda c: c.all("SELECT pid FROM child")) == [(1,)]
+    finally:
+        db.close()
+
+
 # -- migrations --------------------------------------------------------------------
 
 EXTRA = Migration(

@@ -177,6 +177,10 @@ class Database:
             try:
                 conn.raw.execute("COMMIT")
             except Exception as exc:
+                # SQLite can leave the transaction open when COMMIT fails (deferred
+                # constraint, I/O error); without this every later write would fail.
+                with suppress(Exception):
+                    conn.raw.execute("ROLLBACK")
                 raise self._wrap(exc) from exc
 
     def _translate(self, call: Callable[[], T]) -> T:
