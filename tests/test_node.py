@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from kiana.blocks import Ref
 from kiana.config import load_settings
 from kiana.errors import ErasedError, HomeError, InputError, NotFoundError
 from kiana.node import Node
@@ -127,3 +128,26 @@ def test_add_reports_oversized_chunk_per_file(tmp_path: Path) -> None:
         report = n.add_files([big, small])
         assert report.files == 1 and report.chunks_stored == 1
         assert [p for p, _ in report.errors] == [str(big)]
+
+
+def test_successors_follow_supersedes_chains(node: Node) -> None:
+    a = node.remember("Dentist on 3 March").block
+    b = node.remember("Dentist moved to 5 March", supersedes=a.id).block
+    c = node.remember("Dentist moved again, to 11 March", supersedes=b.id).block
+    other = node.remember("Unrelated fact").block
+    assert node.store.successors([a.id, b.id, c.id, other.id]) == {a.id: c.id, b.id: c.id}
+    node.forget(c.id)
+    assert node.store.successors([a.id]) == {a.id: b.id}
+
+
+def test_successors_when_one_block_supersedes_two(node: Node) -> None:
+    a = node.remember("Pick-up at 3 pm").block
+    b = node.remember("Pick-up by Grandpa").block
+    both = node.new_block(
+        body="Pick-up at 4 pm by Grandpa",
+        kind="fact",
+        refs=[Ref("supersedes", a.id), Ref("supersedes", b.id)],
+    )
+    node.store.put(both)
+    later = node.remember("Pick-up at 5 pm by Grandpa", supersedes=both.id).block
+    assert node.store.successors([a.id, b.id]) == {a.id: later.id, b.id: later.id}

@@ -138,6 +138,7 @@ class BlockStore:
         results: list[PutResult] = []
         rows: list[tuple[Any, ...]] = []
         tags: list[tuple[str, str]] = []
+        refs: list[tuple[str, str, str, int]] = []
         seen: set[str] = set()
         stored = _now_ms()
         for block in blocks:
@@ -153,6 +154,7 @@ class BlockStore:
             seen.add(block.id)
             rows.append(_row(block, stored, fold=conn.dialect == "postgres"))
             tags.extend((t, block.id) for t in block.meta.tags)
+            refs.extend((r.id, r.rel, block.id, block.created) for r in block.refs)
             results.append(PutResult.STORED)
         conn.executemany(
             "INSERT INTO blocks (id, v, kind, scope, body, meta, title, tags_text, source, author,"
@@ -161,6 +163,11 @@ class BlockStore:
             rows,
         )
         conn.executemany("INSERT INTO block_tags (tag, block_id) VALUES (?, ?)", tags)
+        conn.executemany(
+            "INSERT INTO block_refs (target, rel, block_id, created) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            refs,
+        )
         return results
 
     def erase(self, tomb: Tombstone, *, verified: bool = False) -> bool:
@@ -185,6 +192,7 @@ class BlockStore:
                 (tomb.erases,),
             )
             conn.execute("DELETE FROM block_tags WHERE block_id = ?", (tomb.erases,))
+            conn.execute("DELETE FROM block_refs WHERE block_id = ?", (tomb.erases,))
             return bool(cur.rowcount)
 
         return self.db.write(write)
@@ -287,6 +295,35 @@ class BlockStore:
         )
         rows = self.db.read(lambda c: c.all(sql, [tsq, *params, limit]))
         return [SearchHit(_block(r[:11]), float(r[11])) for r in rows]
+
+    def successors(self, block_ids: Sequence[str], *, max_depth: int = 16) -> dict[str, str]:
+        """Map each superseded id to the newest live block that (transitively) supersedes it."""
+        result: dict[str, str] = {}
+        frontier: dict[str, list[str]] = {i: [i] for i in dict.fromkeys(block_ids)}  # id -> origins
+        for _ in range(max_depth):
+            if not frontier:
+                break
+            rows = self.db.read(
+                functools.partial(
+                    _chunked_list,
+                    "SELECT r.target, r.block_id, r.created FROM block_refs r"
+                    " JOIN blocks b ON b.id = r.block_id"
+                    " WHERE r.rel = 'supersedes' AND b.erased = 0 AND r.target IN ({})",
+                    list(frontier),
+                )
+            )
+            newest: dict[str, tuple[int, str]] = {}
+            for target, successor, created in rows:
+                best = newest.get(target)
+                if best is None or (int(created), successor) > best:
+                    newest[target] = (int(created), successor)
+            next_frontier: dict[str, list[str]] = {}
+            for target, (_created, successor) in newest.items():
+                for origin in frontier[target]:
+                    result[origin] = successor
+                    next_frontier.setdefault(successor, []).append(origin)
+            frontier = next_frontier
+        return result
 
     def find_same_body(self, body: str, source: str = "") -> str | None:
         """Id of a live block with exactly this body (and source, if given)."""
@@ -470,6 +507,10 @@ def _chunked_all(conn: Conn, sql: str, values: Sequence[str]) -> Iterable[Row]:
     for i in range(0, len(values), _BATCH):
         part = values[i : i + _BATCH]
         yield from conn.all(sql.format(", ".join("?" * len(part))), part)
+
+
+def _chunked_list(sql: str, values: Sequence[str], conn: Conn) -> list[Row]:
+    return list(_chunked_all(conn, sql, values))
 
 
 def _existing(conn: Conn, sql: str, values: Sequence[str]) -> set[str]:

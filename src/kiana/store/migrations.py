@@ -85,6 +85,33 @@ CREATE INDEX blocks_body_hash ON blocks (body_hash);
 """
 
 
+_REFS_AND_CONVERSATIONS = """
+CREATE TABLE block_refs (
+    target TEXT NOT NULL,
+    rel TEXT NOT NULL,
+    block_id TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (target, rel, block_id)
+);
+CREATE INDEX block_refs_block ON block_refs (block_id);
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TABLE conversation_turns (
+    conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    citations TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+"""
+
+
 def _split(sql: str) -> tuple[str, ...]:
     """Split on ``;`` at line ends, keeping ``BEGIN ... END;`` trigger bodies whole."""
     out: list[str] = []
@@ -156,6 +183,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE blocks ADD COLUMN tsv tsvector GENERATED ALWAYS AS"
             " (to_tsvector('simple', search_text)) STORED",
             "CREATE INDEX blocks_tsv ON blocks USING GIN (tsv)",
+        ),
+    ),
+    Migration(
+        3,
+        "reference index (supersedes, ...) and local conversations",
+        sqlite=(
+            *_split(_REFS_AND_CONVERSATIONS),
+            "INSERT INTO block_refs (target, rel, block_id, created)"
+            " SELECT json_extract(r.value, '$.id'), json_extract(r.value, '$.rel'), b.id, b.created"
+            " FROM blocks b, json_each(b.refs) r WHERE b.erased = 0",
+        ),
+        postgres=(
+            *_split(_REFS_AND_CONVERSATIONS),
+            "INSERT INTO block_refs (target, rel, block_id, created)"
+            " SELECT r->>'id', r->>'rel', b.id, b.created"
+            " FROM blocks b, jsonb_array_elements(b.refs::jsonb) r WHERE b.erased = 0",
         ),
     ),
 )
