@@ -145,6 +145,21 @@ def test_put_many_with_one_bad_block_stores_nothing(
     assert store.put_many(good) == [PutResult.STORED] * 5
 
 
+def test_put_many_with_more_blocks_than_one_query_takes(
+    store: BlockStore, new_block: BlockFactory, new_tombstone: TombstoneFactory
+) -> None:
+    blocks = [new_block(f"Block {i}", tags=[f"t{i % 7}"]) for i in range(1100)]
+    assert store.put_many(blocks) == [PutResult.STORED] * 1100
+    for i in (3, 501, 1099):
+        store.erase(new_tombstone(blocks[i].id))
+    results = store.put_many(blocks)
+    assert results.count(PutResult.DUPLICATE) == 1097
+    assert [i for i, r in enumerate(results) if r is PutResult.ERASED] == [3, 501, 1099]
+    assert store.stats().blocks == 1097
+    live_t0 = {b.id for i, b in enumerate(blocks) if i % 7 == 0 and i not in (3, 501, 1099)}
+    assert {b.id for b in store.list_blocks(BlockFilter(tag="t0"), limit=1000).items} == live_t0
+
+
 def test_put_many_rolls_back_when_the_database_refuses(
     store: BlockStore, new_block: BlockFactory
 ) -> None:
@@ -900,13 +915,11 @@ def test_migration_backs_up_sqlite_first(
     backups = tmp_path / "home" / "backups"
     block = new_block("vor der Migration")
     store = BlockStore.open(url, backup_dir=backups)
-    store.add_device(device_for(keys))
-    store.put(block)
-    store.close()
     assert not backups.exists() or not list(backups.iterdir())  # new file: nothing to back up
-
     db = Database(url)
     try:
+        store.add_device(device_for(keys))
+        store.put(block)  # still open: the block sits in the WAL, not yet in the main file
         assert migrate(db, backup_dir=backups, migrations=[*MIGRATIONS, EXTRA]) == [LATEST + 1]
         assert current_version(db) == LATEST + 1
         assert _has_table(db, "extra_notes")
@@ -914,6 +927,7 @@ def test_migration_backs_up_sqlite_first(
         assert migrate(db, backup_dir=backups, migrations=[*MIGRATIONS, EXTRA]) == []
     finally:
         db.close()
+        store.close()
 
     files = list(backups.iterdir())
     assert len(files) == 1
