@@ -1,0 +1,1 @@
+"""The assistant: retrieval over memory, RAG prompts with citations, conversations."""
