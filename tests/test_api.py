@@ -766,7 +766,7 @@ def test_import_reports_bad_lines_and_stores_good_ones(api: ApiClient, settings:
         (3, "id_mismatch"),
         (5, "unknown_author"),
         (6, "invalid_block"),
-        (7, "invalid_input"),
+        (7, "foreign_mind"),
     ]
     assert report["errors_total"] == 5
     assert api.all_ids() == [good["id"]]

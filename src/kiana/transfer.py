@@ -77,8 +77,10 @@ def import_lines(
             continue
         try:
             _import_line(node, number, line, pending, report)
-        except ForeignMindError:
-            raise  # nothing in the file can verify here: stop at the header
+        except ForeignMindError as exc:
+            if report.lines == 1 or not (report.stored or pending or report.errors):
+                raise  # the file starts as another mind's export: stop before anything else
+            report.errors.append((number, exc.code, exc.message))
         except KianaError as exc:
             report.errors.append((number, exc.code, exc.message))
         if len(pending) >= BATCH:
