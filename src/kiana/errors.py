@@ -115,3 +115,17 @@ class MigrationError(StoreError):
 class DatabaseUnavailableError(StoreError):
     code = "database_unavailable"
     http_status = 503
+
+
+class EmbeddingModelError(KianaError):
+    """An embedding model or runtime cannot be used (not installed, corrupt, failed to load)."""
+
+    code = "model_unavailable"
+    http_status = 503
+
+
+class VectorIndexError(KianaError):
+    """A vector index backend cannot be used (not installed, unreachable, locked)."""
+
+    code = "vector_index_unavailable"
+    http_status = 503
