@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from kiana.assistant.intents import remember_intent
 from kiana.assistant.prompt import build_messages, cited_numbers
-from kiana.assistant.retrieval import Retrieved, Retriever
+from kiana.assistant.retrieval import Retrieved, Retriever, relevant
 from kiana.blocks import Block
 from kiana.errors import InputError
 from kiana.llm.base import ChatMessage, ChatModel, GenerationOptions
@@ -73,7 +73,7 @@ class Assistant:
     model: ChatModel
     top_k: int = 5
     context_tokens: int = 1024
-    min_similarity: float = 0.2  # vector-only hits below this are not shown to the model
+    min_similarity: float = 0.25  # below this best match, memory has nothing relevant
     options: GenerationOptions = field(default_factory=GenerationOptions)
 
     @property
@@ -84,11 +84,9 @@ class Assistant:
         found = self.retriever.retrieve(
             question, k=self.top_k, flt=flt, token_budget=self.context_tokens
         )
-        return [
-            r
-            for r in found
-            if "keyword" in r.via or r.similarity is None or r.similarity >= self.min_similarity
-        ]
+        if self.retriever.vector is None:  # keyword-only setups have no similarity to gate on
+            return found
+        return relevant(found, self.min_similarity)
 
     def ask(
         self,
