@@ -19,7 +19,13 @@
     │   ├── ConflictError           a write contradicts what is stored
     │   ├── MigrationError          schema migration failed or database is newer than code
     │   └── DatabaseUnavailableError driver missing or server unreachable
-    └── InputError                  a user-supplied file or argument cannot be used
+    ├── InputError                  a user-supplied file or argument cannot be used
+    └── LLMError                    a chat model or backend failed (bad answer, crash)
+        ├── ModelUnavailableError   unknown model, package not installed, not on the server
+        ├── ModelCorruptError       a model file fails its sha256 check or is not GGUF
+        ├── ContextOverflowError    the prompt does not fit the model's context window
+        ├── BackendUnavailableError the Ollama / OpenAI-compatible server cannot be reached
+        └── BackendTimeoutError     the backend did not answer in time
 
 Every error has a stable machine-readable ``code`` that the HTTP API returns
 and the CLI prints; messages never contain user content beyond ids.
@@ -115,6 +121,36 @@ class MigrationError(StoreError):
 class DatabaseUnavailableError(StoreError):
     code = "database_unavailable"
     http_status = 503
+
+
+class LLMError(KianaError):
+    code = "llm_error"
+    http_status = 502
+
+
+class ModelUnavailableError(LLMError):
+    code = "model_unavailable"
+    http_status = 503
+
+
+class ModelCorruptError(LLMError):
+    code = "model_corrupt"
+    http_status = 500
+
+
+class ContextOverflowError(LLMError):
+    code = "context_overflow"
+    http_status = 413
+
+
+class BackendUnavailableError(LLMError):
+    code = "backend_unavailable"
+    http_status = 503
+
+
+class BackendTimeoutError(LLMError):
+    code = "backend_timeout"
+    http_status = 504
 
 
 class EmbeddingModelError(KianaError):
