@@ -280,6 +280,14 @@ class BlockStore:
         where, params = _where(flt or BlockFilter())
         if self.db.dialect == "sqlite":
             match = " OR ".join(f'"{w}"*' if len(w) >= 4 else f'"{w}"' for w in words)
+            if not params:  # no filter: rank inside the FTS index, then read only the winners
+                sql = (
+                    f"SELECT {_prefixed()}, f.rank FROM (SELECT rowid, bm25(blocks_fts, 4.0, 1.0, 2.0)"
+                    " AS rank FROM blocks_fts WHERE blocks_fts MATCH ? ORDER BY rank LIMIT ?) f"
+                    " JOIN blocks b ON b.seq = f.rowid WHERE b.erased = 0 ORDER BY f.rank"
+                )
+                rows = self.db.read(lambda c: c.all(sql, [match, limit]))
+                return [SearchHit(_block(r[:11]), -float(r[11])) for r in rows]
             sql = (
                 f"SELECT {_prefixed()}, bm25(blocks_fts, 4.0, 1.0, 2.0) AS rank FROM blocks_fts"
                 f" JOIN blocks b ON b.seq = blocks_fts.rowid"
