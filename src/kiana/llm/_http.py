@@ -1,0 +1,151 @@
+"""What the Ollama and OpenAI-compatible clients share: timeouts, error mapping, cancel.
+
+Every request has a connect timeout and a read timeout (the longest wait for
+the next bytes: a slow model may take that long to evaluate a prompt).
+httpx and HTTP-status failures become ``kiana.errors`` with the server URL in
+the message. ``abort_on_cancel`` makes cancellation prompt even while the
+server is still evaluating the prompt: a watcher thread shuts the socket
+down when ``cancel`` is set, which ends the blocked read at once and tells the
+server (by the closed connection) to stop generating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from kiana.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    LLMError,
+    ModelUnavailableError,
+)
+
+CONNECT_TIMEOUT = 10.0
+
+
+def make_client(
+    base_url: str, timeout: float, headers: dict[str, str] | None = None
+) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+        # A connection per request: cancelling shuts its socket down (abort_on_cancel).
+        limits=httpx.Limits(max_keepalive_connections=0),
+        # Loopback servers and explicit URLs only: never pick up proxies from the environment.
+        trust_env=False,
+    )
+
+
+def translate(exc: httpx.HTTPError, what: str, url: str, timeout: float) -> LLMError:
+    """An httpx failure as a KI_ana error naming the server."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return BackendUnavailableError(
+            f"{what} at {url} did not accept a connection within {min(CONNECT_TIMEOUT, timeout):.0f} s"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendTimeoutError(f"{what} at {url} did not answer within {timeout:.0f} s")
+    if isinstance(exc, httpx.ConnectError):
+        reason = _reason(exc)
+        return BackendUnavailableError(
+            f"cannot connect to {what} at {url}: {reason}; is it running?"
+        )
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return LLMError(f"{what} at {url} closed the connection unexpectedly: {exc}")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return BackendUnavailableError(f"invalid {what} URL {url!r}: {exc}")
+    return LLMError(f"{what} at {url} failed: {exc}")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text or type(exc).__name__
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own error text: Ollama's {"error": "..."} or OpenAI's {"error": {"message"}}."""
+    try:
+        body: Any = json.loads(response.read())
+    except (ValueError, httpx.HTTPError):
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error)
+    if error:
+        return str(error)
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail or body)[:500]
+
+
+def status_error(response: httpx.Response, what: str, url: str, model: str) -> LLMError:
+    """An HTTP error status as a KI_ana error."""
+    status = response.status_code
+    message = error_message(response)
+    if status == 404 and model:
+        return ModelUnavailableError(f"{what} at {url} has no model '{model}': {message}")
+    if status in (401, 403):
+        return LLMError(
+            f"{what} at {url} refused the request (HTTP {status}: {message});"
+            " check chat.api_key / KIANA_CHAT_API_KEY"
+        )
+    if status in (408, 504):
+        return BackendTimeoutError(f"{what} at {url} timed out (HTTP {status}: {message})")
+    if status in (502, 503):
+        return BackendUnavailableError(f"{what} at {url} is unavailable (HTTP {status}: {message})")
+    return LLMError(f"{what} at {url} answered HTTP {status}: {message}")
+
+
+class _SocketGrabber:
+    """httpcore trace hook that keeps the socket of the connection a request opens."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self.sock = sock
+
+
+@contextlib.contextmanager
+def abort_on_cancel(cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
+    """Request extensions under which setting ``cancel`` shuts the request's socket down.
+
+    Pass the yielded dict as ``extensions=`` of a request made inside the block,
+    on a client without keep-alive (``make_client``), so every request opens
+    its own connection and the trace hook sees its socket, from the connect on:
+    a cancel while the server is still silent (evaluating the prompt) works too.
+    """
+    grabber = _SocketGrabber()
+    if cancel is None:
+        yield {}
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(0.05):
+                break
+        while not done.is_set():  # cancelled: shut the socket as soon as there is one
+            if grabber.sock is not None:
+                with contextlib.suppress(OSError):
+                    grabber.sock.shutdown(socket.SHUT_RDWR)
+                return
+            done.wait(0.02)
+
+    threading.Thread(target=watch, name="kiana-llm-cancel", daemon=True).start()
+    try:
+        yield {"trace": grabber}
+    finally:
+        done.set()
