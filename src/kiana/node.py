@@ -8,11 +8,12 @@ files): async callers go through ``kiana.offload.Offloader``.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiana.blocks import (
     Block,
@@ -29,7 +30,12 @@ from kiana.home import HomeLayout, initialise_home, load_identity
 from kiana.identity import DeviceKeys, Genesis
 from kiana.memory.chunking import chunk_text
 from kiana.memory.files import read_text_file
-from kiana.store import BlockFilter, BlockStore, Device, Page, SearchHit
+from kiana.store import BlockFilter, BlockStore, Device, Page, PutResult, SearchHit
+
+if TYPE_CHECKING:
+    from kiana.memory.index_service import VectorMemory
+
+log = logging.getLogger("kiana.node")
 
 Progress = Callable[[int], None]
 """Called with the number of items just completed."""
@@ -84,6 +90,9 @@ class Node:
         self.keys = keys
         self.genesis = genesis
         self.store = store
+        # Embed on write: None = when the embedding stack is installed (decided on first write).
+        self.auto_embed: bool | None = None
+        self._vectors: VectorMemory | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -136,7 +145,11 @@ class Node:
         return cls(settings, keys, genesis, store)
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            if self._vectors is not None:
+                self._vectors.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Node:
         return self
@@ -190,8 +203,10 @@ class Node:
         if existing and not refs:
             prior = self.store.get(existing)
             if prior.kind == kind and prior.scope == scope and set(block.tags) <= set(prior.tags):
+                self.index_blocks([prior])
                 return Remembered(prior, created=False)
         self.store.put(block, verified=True)
+        self.index_blocks([block])
         return Remembered(block, created=True)
 
     def add_files(
@@ -223,6 +238,7 @@ class Node:
             report.chunks_skipped += skipped
             if blocks:
                 self.store.put_many(blocks, verified=True)
+                self.index_blocks(blocks)
             report.chunks_stored += len(blocks)
             report.files += 1
             if progress:
@@ -258,6 +274,8 @@ class Node:
         block = parse_block(record, max_body=self.settings.max_body_bytes)
         verify_block(block, self.store.device_key)
         result = self.store.put(block, verified=True)
+        if result is not PutResult.ERASED:
+            self.index_blocks([block])
         return block, result.value
 
     def forget(self, block_id: str, *, reason: str = "") -> Tombstone:
@@ -271,7 +289,62 @@ class Node:
             self.keys.signing, self.device_id, erases=full, created=now_ms(), reason=reason
         )
         self.store.erase(tomb, verified=True)
+        self.unindex_blocks([full])
         return tomb
+
+    # -- vectors (semantic memory) ------------------------------------------------------
+
+    @property
+    def vectors(self) -> VectorMemory:
+        """Embeddings and the vector index, created on first use (needs kiana[embeddings])."""
+        if self._vectors is None:
+            from kiana.memory.index_service import VectorMemory
+
+            self._vectors = VectorMemory(self.store, self.settings)
+        return self._vectors
+
+    @vectors.setter
+    def vectors(self, memory: VectorMemory) -> None:
+        """Use this vector memory (e.g. one sharing an already loaded embedder)."""
+        if self._vectors is not None and self._vectors is not memory:
+            self._vectors.close()
+        self._vectors = memory
+
+    def index_blocks(self, blocks: Sequence[Block]) -> None:
+        """Give newly stored blocks their vectors. Never fails a write: the blocks are
+        already stored, and ``kiana reindex`` makes any vector missed here."""
+        if not blocks or not self._embed_on_write():
+            return
+        try:
+            self.vectors.index_blocks(blocks)
+        except Exception as exc:  # noqa: BLE001 - embedding is best effort; the block is safe
+            log.warning(
+                "could not embed %d block(s) (%s); 'kiana reindex' will retry",
+                len(blocks),
+                getattr(exc, "code", type(exc).__name__),
+            )
+
+    def unindex_blocks(self, block_ids: Sequence[str]) -> None:
+        """Drop erased blocks from the vector index (the database dropped their vectors)."""
+        if not block_ids:
+            return
+        try:
+            self.vectors.remove(block_ids)
+        except ImportError:
+            return  # no embedding stack: there is no index either
+        except Exception as exc:  # noqa: BLE001 - searches skip erased blocks regardless
+            log.warning(
+                "could not remove %d erased block(s) from the vector index (%s)",
+                len(block_ids),
+                getattr(exc, "code", type(exc).__name__),
+            )
+
+    def _embed_on_write(self) -> bool:
+        if self.auto_embed is None:
+            from kiana.memory.embedding.loader import embedding_available
+
+            self.auto_embed = embedding_available(self.settings)
+        return self.auto_embed
 
     # -- reading memory -------------------------------------------------------
 

@@ -123,6 +123,7 @@ def _import_line(
         # Blocks queued before the tombstone must not outlive it.
         _flush(node, pending, report)
         node.store.erase(tomb, verified=True)
+        node.unindex_blocks([tomb.erases])
         report.tombstones += 1
         return
     raise BlockError(f"line {number}: unknown record type {kind!r}")
@@ -131,13 +132,18 @@ def _import_line(
 def _flush(node: Node, pending: list[Block], report: ImportReport) -> None:
     if not pending:
         return
-    for result in node.store.put_many(pending, verified=True):
+    results = node.store.put_many(pending, verified=True)
+    for result in results:
         if result is PutResult.STORED:
             report.stored += 1
         elif result is PutResult.DUPLICATE:
             report.duplicates += 1
         else:
             report.refused_erased += 1
+    # Duplicates too: a re-run import completes vectors a killed one did not make.
+    node.index_blocks(
+        [b for b, r in zip(pending, results, strict=True) if r is not PutResult.ERASED]
+    )
     pending.clear()
 
 

@@ -135,6 +135,17 @@ def _split(sql: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_EMBEDDINGS_TABLE = """
+CREATE TABLE embeddings (
+    block_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector {blob} NOT NULL,
+    stored BIGINT NOT NULL
+)"""
+_EMBEDDINGS_INDEX = "CREATE INDEX embeddings_model ON embeddings (model, stored)"
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -199,6 +210,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO block_refs (target, rel, block_id, created)"
             " SELECT r->>'id', r->>'rel', b.id, b.created"
             " FROM blocks b, jsonb_array_elements(b.refs::jsonb) r WHERE b.erased = 0",
+        ),
+    ),
+    Migration(
+        4,
+        "embeddings: one vector per block (model id, dimension, float32 bytes), gone on erasure",
+        # The database is the source of truth for vectors; vector indexes are caches.
+        # Erasing a block deletes its vector in the same transaction, whatever code erased it.
+        sqlite=(
+            _EMBEDDINGS_TABLE.format(blob="BLOB"),
+            _EMBEDDINGS_INDEX,
+            "CREATE TRIGGER embeddings_erase AFTER UPDATE OF erased ON blocks"
+            " WHEN new.erased = 1 BEGIN"
+            " DELETE FROM embeddings WHERE block_id = new.id; END",
+        ),
+        postgres=(
+            _EMBEDDINGS_TABLE.format(blob="BYTEA"),
+            _EMBEDDINGS_INDEX,
+            "CREATE FUNCTION kiana_embeddings_erase() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN DELETE FROM embeddings WHERE block_id = NEW.id; RETURN NEW; END $$",
+            "CREATE TRIGGER embeddings_erase AFTER UPDATE OF erased ON blocks FOR EACH ROW"
+            " WHEN (NEW.erased = 1) EXECUTE FUNCTION kiana_embeddings_erase()",
         ),
     ),
 )
