@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from kiana.assistant.intents import remember_intent
-from kiana.assistant.prompt import build_messages, cited_numbers
+from kiana.assistant.prompt import build_messages, cited_numbers, supporting_numbers
 from kiana.assistant.retrieval import Retrieved, Retriever, relevant
 from kiana.blocks import Block
 from kiana.errors import InputError
@@ -142,9 +142,12 @@ class Assistant:
             yield Delta(piece)
         text = "".join(pieces).strip()
         cancelled = cancel is not None and cancel.is_set()
+        numbers = cited_numbers(text, len(retrieved))
+        if not numbers and retrieved:  # small models often omit the brackets
+            numbers = supporting_numbers(text, [r.block.body for r in retrieved])[:3]
         citations = [
             Citation(n, retrieved[n - 1].block, self.node.provenance(retrieved[n - 1].block.id))
-            for n in cited_numbers(text, len(retrieved))
+            for n in numbers
         ]
         if conversation_id is not None:
             conversations.append(
