@@ -126,9 +126,9 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
     def factory() -> SyncableIndex:
         index: SyncableIndex
         if name.startswith("hnsw"):
-            from kiana.memory.vectors.hnsw import HnswIndex
+            from kiana.memory.vectors.hnsw import EXACT_LIMIT, HnswIndex
 
-            limit = 0 if name == "hnsw-graph-filter" else 4096
+            limit = 0 if name == "hnsw-graph-filter" else EXACT_LIMIT  # 0: never exact
             index = HnswIndex(tmp_path / "vectors", MODEL, DIM, exact_limit=limit)
         elif name == "qdrant":
             from kiana.memory.vectors.qdrant import QdrantIndex

@@ -25,7 +25,14 @@ from kiana.blocks import (
     verify_block,
 )
 from kiana.config import Settings, redact_url
-from kiana.errors import BlockError, HomeError, InputError, KianaError, NotFoundError
+from kiana.errors import (
+    BlockError,
+    EmbeddingModelError,
+    HomeError,
+    InputError,
+    KianaError,
+    NotFoundError,
+)
 from kiana.home import HomeLayout, initialise_home, load_identity
 from kiana.identity import DeviceKeys, Genesis
 from kiana.memory.chunking import chunk_text
@@ -298,8 +305,13 @@ class Node:
     def vectors(self) -> VectorMemory:
         """Embeddings and the vector index, created on first use (needs kiana[embeddings])."""
         if self._vectors is None:
-            from kiana.memory.index_service import VectorMemory
-
+            try:
+                from kiana.memory.index_service import VectorMemory
+            except ImportError as exc:  # numpy and friends come with the extra
+                raise EmbeddingModelError(
+                    f"semantic memory needs the embeddings extra ({exc.name} is missing);"
+                    " pip install 'kiana[embeddings]'"
+                ) from exc
             self._vectors = VectorMemory(self.store, self.settings)
         return self._vectors
 
@@ -330,7 +342,7 @@ class Node:
             return
         try:
             self.vectors.remove(block_ids)
-        except ImportError:
+        except EmbeddingModelError:
             return  # no embedding stack: there is no index either
         except Exception as exc:  # noqa: BLE001 - searches skip erased blocks regardless
             log.warning(

@@ -60,6 +60,9 @@ class OnnxEmbedder:
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No busy-waiting between ops: on a small machine shared with the chat model and the
+        # API server, spinning threads cost more than they save (measured: 5.9 vs 9.8 ms).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(
