@@ -23,6 +23,7 @@ from kiana.errors import EmbeddingModelError
 from kiana.identity import DeviceKeys
 from kiana.memory.embedder import Embedder, Vectors
 from kiana.memory.index_service import VectorMemory
+from kiana.memory.vectors.base import SyncableIndex
 from kiana.memory.vectors.table import EmbeddingTable, from_bytes
 from kiana.node import Node
 from kiana.store import MIGRATIONS, BlockFilter, BlockStore, Database, migrate
@@ -240,12 +241,26 @@ def test_reindex_and_a_changed_model_never_mix(settings: Settings, make_node: No
     # Searching with the configured model never uses them, though the index still has
     # this model's vector for those blocks from before.
     assert blocks[0].id not in ids(node.vectors.search("When was my mother born?", 10))
+    stale = _old_model_index(node, settings)
+    stale.add(table.items("old-model", 384, [blocks[0].id]))
+    stale.close()
     node.vectors.reindex()
+    assert _old_model_index(node, settings).count() == 0  # the old model's index was deleted
     status = node.vectors.status()
     assert (
         status["other_models"] == {} and status["missing"] == 0 and status["vectors"] == len(FACTS)
     )
     assert ids(node.vectors.search("When was my mother born?", 1)) == [blocks[0].id]
+
+
+def _old_model_index(node: Node, settings: Settings) -> SyncableIndex:
+    if settings.database_url:
+        from kiana.memory.vectors.pgvector import PgVectorIndex
+
+        return PgVectorIndex(node.store.db, "old-model", 384)
+    from kiana.memory.vectors.hnsw import HnswIndex
+
+    return HnswIndex(settings.home / "vectors", "old-model", 384)
 
 
 # -- rebuilding indexes from the database ---------------------------------------------------

@@ -103,7 +103,7 @@ def exact(
     return [(pool[i].block_id, float(scores[i])) for i in order]
 
 
-Factory = Callable[[], SyncableIndex]
+Factory = Callable[..., SyncableIndex]
 
 
 @pytest.fixture(
@@ -123,26 +123,26 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
     if name == "pgvector":
         store = BlockStore.open(str(request.getfixturevalue("postgres_url")))
 
-    def factory() -> SyncableIndex:
+    def factory(model: str = MODEL, dim: int = DIM) -> SyncableIndex:
         index: SyncableIndex
         if name.startswith("hnsw"):
             from kiana.memory.vectors.hnsw import EXACT_LIMIT, HnswIndex
 
             limit = 0 if name == "hnsw-graph-filter" else EXACT_LIMIT  # 0: never exact
-            index = HnswIndex(tmp_path / "vectors", MODEL, DIM, exact_limit=limit)
+            index = HnswIndex(tmp_path / "vectors", model, dim, exact_limit=limit)
         elif name == "qdrant":
             from kiana.memory.vectors.qdrant import QdrantIndex
 
-            index = QdrantIndex(MODEL, DIM, path=tmp_path / "qdrant")
+            index = QdrantIndex(model, dim, path=tmp_path / "qdrant")
         elif name == "chroma":
             from kiana.memory.vectors.chroma import ChromaIndex
 
-            index = ChromaIndex(tmp_path / "chroma", MODEL, DIM)
+            index = ChromaIndex(tmp_path / "chroma", model, dim)
         else:
             from kiana.memory.vectors.pgvector import PgVectorIndex
 
             assert store is not None
-            index = PgVectorIndex(store.db, MODEL, DIM)
+            index = PgVectorIndex(store.db, model, dim)
         opened.append(index)
         return index
 
@@ -292,6 +292,25 @@ def test_persists_across_close_and_reopen(
     assert corpus[0].block_id not in again.ids()
     after = [again.search(q, 10, f) for q in queries for f in (None, BlockFilter(tag="money"))]
     assert [ids(h) for h in after] == [ids(h) for h in before]
+
+
+def test_indexes_of_other_models_are_discarded(
+    open_index: Factory, corpus: list[VectorItem]
+) -> None:
+    """After a reindex with a new model, the old model's index goes (it may hold erased blocks)."""
+    other = open_index("other-model", 8)
+    other.add(
+        [replace(it, vector=it.vector[:8] / np.linalg.norm(it.vector[:8])) for it in corpus[:5]]
+    )
+    assert other.count() == 5
+    other.close()  # Qdrant's local mode allows one client per folder
+    index = open_index()
+    index.add(corpus[:5])
+    assert len(index.discard_other_models()) == 1
+    assert index.discard_other_models() == []
+    assert index.count() == 5
+    index.close()
+    assert open_index("other-model", 8).count() == 0
 
 
 def test_wrong_dimension_is_rejected(open_index: Factory, corpus: list[VectorItem]) -> None:

@@ -230,6 +230,10 @@ class VectorMemory:
                 progress(len(rows))
         self.sync(full=True)
         self.index.flush()
+        # Indexes of other models are stale now (their vectors were replaced) and would keep
+        # vectors of blocks erased since: delete them.
+        for name in self.index.discard_other_models():
+            log.info("deleted the %s index of another model (%s)", self.backend, name)
         return ReindexReport(self.model_id, done, before, time.monotonic() - started)
 
     def status(self) -> dict[str, Any]:

@@ -68,6 +68,10 @@ class SyncableIndex(VectorIndex, Protocol):
         """Make what was added or removed durable now (a no-op where writes already are)."""
         ...
 
+    def discard_other_models(self) -> list[str]:
+        """Delete this backend's indexes of other models (after a reindex); their names."""
+        ...
+
 
 def matches(item: VectorItem, flt: BlockFilter | None) -> bool:
     """Whether ``item`` passes ``flt``: the reference every backend's filtering must equal."""

@@ -109,6 +109,13 @@ class ChromaIndex:
     def flush(self) -> None:
         """Chroma persists every write itself."""
 
+    def discard_other_models(self) -> list[str]:
+        names = [getattr(c, "name", c) for c in self._client.list_collections()]
+        gone = [str(n) for n in names if str(n).startswith("kiana-") and n != self._collection.name]
+        for name in gone:
+            self._client.delete_collection(name)
+        return gone
+
     def close(self) -> None:
         self._client.close()
 

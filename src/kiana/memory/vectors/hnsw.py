@@ -151,6 +151,21 @@ class HnswIndex:
     def close(self) -> None:
         self.flush()
 
+    def discard_other_models(self) -> list[str]:
+        gone = []
+        for sidecar in self.directory.glob("*.json"):
+            name = sidecar.stem
+            if name == self._name:
+                continue
+            with hnsw_files.locked(self.directory, name):
+                hnsw_files.discard(self.directory, name)
+            (self.directory / f".{name}.lock").unlink(missing_ok=True)
+            gone.append(name)
+        for orphan in self.directory.glob("*.bin"):
+            if not orphan.name.startswith(f"{self._name}-"):
+                orphan.unlink(missing_ok=True)
+        return gone
+
     # -- internals ----------------------------------------------------------------------
 
     def _new_index(self, capacity: int) -> Any:

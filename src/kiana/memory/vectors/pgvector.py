@@ -145,6 +145,22 @@ class PgVectorIndex:
     def flush(self) -> None:
         """Every write is already committed."""
 
+    def discard_other_models(self) -> list[str]:
+        rows = self.db.read(
+            lambda c: c.all(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND starts_with(table_name, 'vec_')"
+            )
+        )
+        gone = [str(r[0]) for r in rows if str(r[0]) != self.table]
+        for table in gone:
+
+            def drop(conn: Conn, table: str = table) -> None:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+            self.db.write(drop)
+        return gone
+
     def close(self) -> None:
         """The database belongs to the store, which closes it."""
 

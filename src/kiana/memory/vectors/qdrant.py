@@ -171,5 +171,12 @@ class QdrantIndex:
     def flush(self) -> None:
         """Upserts and deletes wait for Qdrant to persist them."""
 
+    def discard_other_models(self) -> list[str]:
+        names = [c.name for c in self._client.get_collections().collections]
+        gone = [n for n in names if n.startswith("kiana-") and n != self.collection]
+        for name in gone:
+            self._client.delete_collection(name)
+        return gone
+
     def close(self) -> None:
         self._client.close()
