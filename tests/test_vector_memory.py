@@ -355,6 +355,18 @@ def test_another_process_writes_and_erases(
         cli.store.erase(_tomb(cli, block.id), verified=True)  # no Node hook: another code path
     assert block.id not in ids(server.vectors.search("When was my mother born?", 5))
 
+    # Erased elsewhere while the server holds it, no search in between: closing the
+    # server's vector memory must not write the erased vector back to disk.
+    boiler = server.vectors.search("boiler", 1)[0][0]
+    with Node.open(settings) as cli:
+        cli.store.erase(_tomb(cli, boiler), verified=True)
+    server.vectors.close()
+    from kiana.memory.vectors.hnsw import HnswIndex
+
+    assert list((settings.home / "vectors").glob("*.json"))  # saved on close
+    on_disk = HnswIndex(settings.home / "vectors", MODEL, 384)
+    assert on_disk.ids() == set()
+
 
 def _tomb(node: Node, block_id: str) -> object:
     from kiana.blocks import make_tombstone

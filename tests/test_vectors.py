@@ -319,3 +319,24 @@ def test_wrong_dimension_is_rejected(open_index: Factory, corpus: list[VectorIte
         index.add([replace(corpus[0], vector=np.zeros(10, dtype=np.float32))])
     with pytest.raises(ValueError, match="dimension"):
         index.search(np.zeros(10, dtype=np.float32), 3)
+
+
+def test_hnsw_removal_scrubs_the_vector_from_disk(tmp_path: Path, corpus: list[VectorItem]) -> None:
+    """mark_deleted alone leaves the vector in the file; an erased block's must be gone."""
+    from kiana.memory.vectors.hnsw import HnswIndex
+
+    index = HnswIndex(tmp_path, MODEL, DIM)
+    index.add(corpus[:20])
+    index.flush()
+    (binary,) = tmp_path.glob("*.bin")
+    label = index._labels.by_id[corpus[7].block_id]
+    stored = np.asarray(index._index.get_items([label]), dtype=np.float32)[0]  # as hnswlib keeps it
+    assert float(stored @ corpus[7].vector) > 0.9999
+    needle = stored.tobytes()[:256]
+    assert needle in binary.read_bytes()  # positive control: this is how it is stored
+    index.remove([corpus[7].block_id])
+    index.flush()
+    (binary,) = tmp_path.glob("*.bin")
+    assert needle not in binary.read_bytes()
+    sidecar = next(tmp_path.glob("*.json")).read_text()
+    assert corpus[7].block_id not in sidecar and corpus[8].block_id in sidecar

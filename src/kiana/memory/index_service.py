@@ -5,11 +5,12 @@ The ``embeddings`` table is the source of truth; the index is a cache that
 in ``reindex``). Writes go to the database first. Embedding and loading are
 lazy and blocking: async callers run these methods on a thread.
 
-Freshness: an index kept in this process's memory (hnsw, chroma, qdrant in
-local mode) is compared with the table at most once per ``check_interval``
-seconds before a search, so vectors written by another process (``kiana
-remember`` while ``kiana serve`` runs) are picked up. Every hit is checked
-against the table, so a block erased anywhere is never returned.
+Freshness: before a search (at most once per ``check_interval`` seconds) the
+newest ``stored`` time of the model's vectors is compared with the one the
+index last saw, so vectors written by another process (``kiana remember``
+while ``kiana serve`` runs) are picked up. Every hit is checked against the
+table, so a block erased anywhere is never returned, and ``close`` syncs
+before the index is saved, so an erased vector is never written back.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy.typing as npt
 
 from kiana.blocks import Block
 from kiana.config import Settings
-from kiana.errors import EmbeddingModelError
+from kiana.errors import EmbeddingModelError, KianaError
 from kiana.memory.embedder import Embedder
 from kiana.memory.embedding.loader import load_embedder
 from kiana.memory.embedding.registry import get_spec
@@ -58,7 +59,7 @@ class VectorMemory:
         *,
         embedder: Embedder | None = None,
         index: SyncableIndex | None = None,
-        check_interval: float = 1.0,
+        check_interval: float = 0.5,
         batch: int = 256,
     ) -> None:
         self.store = store
@@ -76,7 +77,7 @@ class VectorMemory:
         self.batch = batch
         self._embedder = embedder
         self._index = index
-        self._synced: tuple[int, int] | None = None
+        self._synced: int | None = None  # newest ``stored`` the index has seen
         self._checked = 0.0
         self._lock = threading.RLock()  # guards the index and the sync state
         self._load_lock = threading.Lock()
@@ -173,7 +174,7 @@ class VectorMemory:
             index = self.index
             if time.monotonic() - self._checked >= self.check_interval:
                 self._checked = time.monotonic()
-                if self.table.marker(self.model_id) != self._synced:
+                if self.table.newest(self.model_id) != self._synced:
                     self.sync()
             for _ in range(3):
                 hits = index.search(vector, k, flt)
@@ -192,12 +193,12 @@ class VectorMemory:
         with self._lock:
             index = self.index
             previous = self._synced
-            marker = self.table.marker(self.model_id)
+            newest = self.table.newest(self.model_id)
             wanted = self.table.ids(self.model_id)
             have = index.ids()
             add = wanted - have
             if not full and previous is not None:  # vectors replaced by another process
-                add |= self.table.ids(self.model_id, since=previous[1]) & wanted
+                add |= self.table.ids(self.model_id, since=previous) & wanted
             drop = sorted(have - wanted)
             ordered = sorted(add)
             for start in range(0, len(ordered), SYNC_BATCH):
@@ -208,7 +209,7 @@ class VectorMemory:
                 index.flush()
             if add or drop:
                 log.info("synced the %s index: +%d -%d", index.name, len(add), len(drop))
-            self._synced = marker
+            self._synced = newest
             self._checked = time.monotonic()
             return len(add), len(drop)
 
@@ -253,5 +254,12 @@ class VectorMemory:
     def close(self) -> None:
         with self._lock:
             if self._index is not None:
-                self._index.close()
-                self._index = None
+                # Another process may have erased blocks this index still holds: drop them
+                # before the index is saved, so an erased vector is never written back.
+                try:
+                    self.sync()
+                except KianaError as exc:
+                    log.warning("could not sync the vector index before closing (%s)", exc.code)
+                finally:
+                    self._index.close()
+                    self._index = None

@@ -138,14 +138,13 @@ class EmbeddingTable:
             sql, params = sql + " AND stored >= ?", [model, since]
         return {str(r[0]) for r in _all(self.db, sql, params)}
 
-    def marker(self, model: str) -> tuple[int, int]:
-        """(count, newest ``stored``) of ``model``'s vectors: changes whenever they do."""
+    def newest(self, model: str) -> int:
+        """The newest ``stored`` of ``model``'s vectors: moves whenever one is added or
+        replaced, by any process. One index lookup: cheap enough before every search."""
         row = self.db.read(
-            lambda c: c.one(
-                "SELECT COUNT(*), MAX(stored) FROM embeddings WHERE model = ?", (model,)
-            )
+            lambda c: c.one("SELECT MAX(stored) FROM embeddings WHERE model = ?", (model,))
         )
-        return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        return int(row[0]) if row and row[0] is not None else 0
 
     def counts(self) -> dict[str, int]:
         rows = self.db.read(
