@@ -346,6 +346,8 @@ def test_another_process_writes_and_erases(
     server = make_node(settings)
     server.remember(FACTS[1])
     assert server.vectors.search("boiler", 1)  # the server's index is now loaded
+    server.remember(FACTS[2])
+    assert server.vectors.sync() == (0, 0)  # its own write went straight into the index
     with Node.open(settings) as cli:
         cli.vectors = VectorMemory(cli.store, settings, embedder=embedder)
         block = cli.remember(FACTS[0]).block

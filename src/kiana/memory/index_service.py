@@ -78,6 +78,7 @@ class VectorMemory:
         self._embedder = embedder
         self._index = index
         self._synced: int | None = None  # newest ``stored`` the index has seen
+        self._own: set[str] = set()  # ids this process wrote to table and index since then
         self._checked = 0.0
         self._lock = threading.RLock()  # guards the index and the sync state
         self._load_lock = threading.Lock()
@@ -134,6 +135,7 @@ class VectorMemory:
             eager = factory.shared(self.settings, self.backend) or len(items) >= EAGER_BATCH
             if self._index is not None:
                 self._index.add(items)
+                self._own.update(stored)
             elif eager:
                 _ = self.index  # opening syncs from the table, which now holds these
         return len(stored)
@@ -189,17 +191,22 @@ class VectorMemory:
     # -- maintenance ----------------------------------------------------------------------------
 
     def sync(self, *, full: bool = False) -> tuple[int, int]:
-        """Make the index hold exactly the table's vectors of this model: (added, removed)."""
+        """Bring the index in line with the table: (added, removed).
+
+        Full: compare every id (on open, in reindex, before closing). Otherwise add only
+        what was stored since the last sync by someone else: cheap, proportional to that.
+        """
         with self._lock:
             index = self.index
-            previous = self._synced
             newest = self.table.newest(self.model_id)
-            wanted = self.table.ids(self.model_id)
-            have = index.ids()
-            add = wanted - have
-            if not full and previous is not None:  # vectors replaced by another process
-                add |= self.table.ids(self.model_id, since=previous) & wanted
-            drop = sorted(have - wanted)
+            drop: list[str] = []
+            if full or self._synced is None:
+                wanted = self.table.ids(self.model_id)
+                have = index.ids()
+                add = wanted - have
+                drop = sorted(have - wanted)
+            else:  # new or replaced vectors; erasures are caught per hit and by a full sync
+                add = self.table.ids(self.model_id, since=self._synced) - self._own
             ordered = sorted(add)
             for start in range(0, len(ordered), SYNC_BATCH):
                 part = ordered[start : start + SYNC_BATCH]
@@ -209,6 +216,7 @@ class VectorMemory:
                 index.flush()
             if add or drop:
                 log.info("synced the %s index: +%d -%d", index.name, len(add), len(drop))
+            self._own.clear()
             self._synced = newest
             self._checked = time.monotonic()
             return len(add), len(drop)
@@ -257,7 +265,7 @@ class VectorMemory:
                 # Another process may have erased blocks this index still holds: drop them
                 # before the index is saved, so an erased vector is never written back.
                 try:
-                    self.sync()
+                    self.sync(full=True)
                 except KianaError as exc:
                     log.warning("could not sync the vector index before closing (%s)", exc.code)
                 finally:
