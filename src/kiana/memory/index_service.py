@@ -78,6 +78,7 @@ class VectorMemory:
         self._embedder = embedder
         self._index = index
         self._synced: int | None = None  # newest ``stored`` the index has seen
+        self._seen_at_newest: set[str] = set()  # ids stored at exactly that time
         self._own: set[str] = set()  # ids this process wrote to table and index since then
         self._checked = 0.0
         self._lock = threading.RLock()  # guards the index and the sync state
@@ -198,15 +199,18 @@ class VectorMemory:
         """
         with self._lock:
             index = self.index
-            newest = self.table.newest(self.model_id)
             drop: list[str] = []
             if full or self._synced is None:
-                wanted = self.table.ids(self.model_id)
+                rows = self.table.ids(self.model_id)
                 have = index.ids()
-                add = wanted - have
-                drop = sorted(have - wanted)
+                add = set(rows) - have
+                drop = sorted(have - set(rows))
             else:  # new or replaced vectors; erasures are caught per hit and by a full sync
-                add = self.table.ids(self.model_id, since=self._synced) - self._own
+                rows = self.table.ids(self.model_id, since=self._synced)
+                add = set(rows) - self._own - self._seen_at_newest
+            newest = max(rows.values(), default=self._synced or 0)
+            if rows:
+                self._seen_at_newest = {i for i, t in rows.items() if t == newest}
             ordered = sorted(add)
             for start in range(0, len(ordered), SYNC_BATCH):
                 part = ordered[start : start + SYNC_BATCH]

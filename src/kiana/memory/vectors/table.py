@@ -131,12 +131,13 @@ class EmbeddingTable:
             out.update(str(r[0]) for r in _all(self.db, sql, [model, *part]))
         return out
 
-    def ids(self, model: str, *, since: int | None = None) -> set[str]:
-        sql = "SELECT block_id FROM embeddings WHERE model = ?"
+    def ids(self, model: str, *, since: int | None = None) -> dict[str, int]:
+        """Block id -> ``stored`` of ``model``'s vectors (stored at or after ``since``)."""
+        sql = "SELECT block_id, stored FROM embeddings WHERE model = ?"
         params: list[Any] = [model]
         if since is not None:
             sql, params = sql + " AND stored >= ?", [model, since]
-        return {str(r[0]) for r in _all(self.db, sql, params)}
+        return {str(r[0]): int(r[1]) for r in _all(self.db, sql, params)}
 
     def newest(self, model: str) -> int:
         """The newest ``stored`` of ``model``'s vectors: moves whenever one is added or
