@@ -245,3 +245,32 @@ def test_default_model_answers_from_memory_with_a_citation(tmp_path: Path) -> No
             assert "know" in unknown.text.lower() and not unknown.citations
         finally:
             a.model.close()
+
+
+@pytest.mark.parametrize(
+    ("output", "facts"),
+    [
+        (
+            '["The plumber comes on Friday.", "Anna\'s number is 0171."]',
+            ["The plumber comes on Friday.", "Anna's number is 0171."],
+        ),
+        ('["One fact."]["Another fact."]', ["One fact.", "Another fact."]),
+        ('Sure! Here you go: ["  Spaced   out  fact. ", 3, null]', ["Spaced out fact."]),
+        ("I think the dentist is on Monday.", []),
+        ("[not json]", []),
+        ("[]", []),
+    ],
+)
+def test_parse_facts_is_defensive(output: str, facts: list[str]) -> None:
+    from kiana.assistant.extraction import parse_facts
+
+    assert parse_facts(output) == facts
+
+
+def test_propose_facts_runs_the_real_model(assistant: Assistant) -> None:
+    from kiana.assistant.extraction import propose_facts
+
+    proposals = propose_facts(assistant.model, "The plumber comes on Friday at 8.")
+    assert isinstance(proposals, list) and all(isinstance(p, str) for p in proposals)
+    with pytest.raises(InputError):
+        propose_facts(assistant.model, "  ")

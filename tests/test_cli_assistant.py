@@ -102,3 +102,23 @@ def test_ask_with_backend_down_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_chat_extract_asks_before_storing(env: dict[str, str]) -> None:
+    invoke(env, "init")
+    # the input ends at the first proposal: unanswered means declined, nothing is stored
+    session = "The plumber comes on Friday at 8 and Anna's number is 0171-555-0101.\n"
+    code, _ = invoke(env, "chat", "--extract", "--max-tokens", "8", input=session)
+    assert code == 0
+    code, listing = invoke(env, "blocks", "list", "--json")
+    assert json.loads(listing)["items"] == []
+
+
+def test_chat_extract_stores_an_accepted_fact(env: dict[str, str]) -> None:
+    invoke(env, "init")
+    session = "The plumber comes on Friday at 8.\ny\n"  # accept the first proposal, then input ends
+    code, _ = invoke(env, "chat", "--extract", "--max-tokens", "8", input=session)
+    assert code == 0
+    code, listing = invoke(env, "blocks", "list", "--json")
+    items = json.loads(listing)["items"]
+    assert len(items) == 1 and items[0]["kind"] == "fact" and "plumber" in items[0]["body"].lower()

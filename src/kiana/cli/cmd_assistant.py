@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kiana.assistant.engine import Answer, Assistant, Citation, Delta, Learned, Sources
+from kiana.assistant.intents import remember_intent
 from kiana.cli.context import (
     CliState,
     err,
@@ -149,8 +150,13 @@ def ask(
 @click.command()
 @click.option("--conversation", "-c", default=None, help="Continue this conversation (id).")
 @click.option("--max-tokens", type=click.IntRange(1, 8192), default=None)
+@click.option(
+    "--extract",
+    is_flag=True,
+    help="After each message, propose facts from it and ask before storing each one.",
+)
 @pass_state
-def chat(state: CliState, conversation: str | None, max_tokens: int | None) -> None:
+def chat(state: CliState, conversation: str | None, max_tokens: int | None, extract: bool) -> None:
     """A conversation that remembers. "remember that ..." stores a fact.
 
     Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts a new conversation.
@@ -187,8 +193,24 @@ def chat(state: CliState, conversation: str | None, max_tokens: int | None) -> N
                     continue
                 if answer is not None:
                     conversation = answer.conversation_id
+                if extract and answer is not None and remember_intent(text) is None:
+                    _offer_facts(node, assistant, text)
         finally:
             assistant.model.close()
+
+
+def _offer_facts(node: Node, assistant: Assistant, text: str) -> None:
+    """Propose facts from the user's message; store each one only if the user agrees."""
+    from kiana.assistant.extraction import propose_facts
+
+    for fact in propose_facts(assistant.model, text):
+        try:
+            agreed = click.confirm(f"  remember: {fact!r}?", default=False, err=True)
+        except click.exceptions.Abort:  # end of input: store nothing more
+            return
+        if agreed:
+            result = node.remember(fact)
+            err.print(f"  [green]remembered[/green] {result.block.id[:12]}")
 
 
 @click.command()
