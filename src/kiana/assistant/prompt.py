@@ -64,6 +64,25 @@ def build_messages(
     return messages
 
 
+def build_chat_messages(
+    messages: Sequence[ChatMessage],
+    retrieved: Sequence[Retrieved],
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[ChatMessage]:
+    """A client's conversation (OpenAI style) with KI_ana's memory for its last user message.
+
+    One system message: KI_ana's prompt first (fixed, so its KV cache is reused),
+    then the client's own system messages. Then the history as sent, with the
+    fenced memory section put into the last user message, as ``build_messages`` does.
+    """
+    own = [m.content for m in messages if m.role == "system" and m.content.strip()]
+    rest = [m for m in messages if m.role != "system"]
+    last = max(i for i, m in enumerate(rest) if m.role == "user")
+    system = "\n\n".join([system_prompt, *own])
+    turn = ChatMessage("user", f"{memory_section(retrieved)}\n\nQuestion: {rest[last].content}")
+    return [ChatMessage("system", system), *rest[:last], turn, *rest[last + 1 :]]
+
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 _COMMON = frozenset(
     [
