@@ -23,6 +23,7 @@ between compute steps. A cancelled stream ends normally with
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,8 @@ from kiana.llm.base import (
     ModelInfo,
 )
 from kiana.llm.registry import Progress, ResolvedModel, resolve_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -80,6 +83,7 @@ class EmbeddedChatModel:
         context: int = 4096,
         timeout: float = 120.0,
         batch: int = 512,
+        flash_attn: bool = False,
     ) -> None:
         self._model = model  # registry name or path to a GGUF file
         self._cache_dir = cache_dir
@@ -87,6 +91,7 @@ class EmbeddedChatModel:
         self._context = context
         self._timeout = float(timeout)
         self._batch = batch
+        self._flash_attn = flash_attn
         self._load_lock = threading.Lock()
         self._lock = threading.Lock()  # one generation at a time (a Lock: any thread may release)
         self._llm: Any = None
@@ -131,6 +136,7 @@ class EmbeddedChatModel:
                 n_batch=self._batch,
                 n_threads=self._threads,
                 n_threads_batch=self._threads,
+                flash_attn=self._flash_attn,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -191,6 +197,8 @@ class EmbeddedChatModel:
                 f"the embedded model was busy with another answer for {self._timeout:g} s"
             )
         try:
+            if self._llm is not llm:
+                raise LLMError("the embedded model was closed while this answer waited for it")
             yield from self._locked_generate(llm, messages, options, cancel, out, started)
         finally:
             self._abort.cancel, self._abort.deadline = None, float("inf")
@@ -283,12 +291,16 @@ class EmbeddedChatModel:
             llm, self._llm = self._llm, None
             if llm is None:
                 return
-            acquired = self._lock.acquire(timeout=self._timeout)
+            # Wait for a running generation; if it never ends (a stream abandoned
+            # without close()), leave freeing the model to the garbage collector
+            # rather than pull it from under that generation.
+            if not self._lock.acquire(timeout=self._timeout):
+                log.warning("chat model still busy after %g s; not closing it now", self._timeout)
+                return
             try:
                 llm.close()
             finally:
-                if acquired:
-                    self._lock.release()
+                self._lock.release()
 
 
 def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
