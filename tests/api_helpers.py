@@ -44,6 +44,12 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
         "/api/v1/import",
         {"content": b"", "headers": {"content-type": "application/x-ndjson"}},
     ),
+    ("POST", "/api/v1/chat", {"json": {"message": "secret stuff"}}),
+    ("GET", "/api/v1/conversations", {}),
+    ("GET", "/api/v1/conversations/c-0123456789abcdef", {}),
+    ("DELETE", "/api/v1/conversations/c-0123456789abcdef", {}),
+    ("GET", "/api/v1/models", {}),
+    ("POST", "/api/v1/reindex", {}),
 ]
 PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/status"),
@@ -57,6 +63,12 @@ PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/search"),
     ("GET", "/api/v1/export"),
     ("POST", "/api/v1/import"),
+    ("POST", "/api/v1/chat"),
+    ("GET", "/api/v1/conversations"),
+    ("GET", "/api/v1/conversations/{conversation_id}"),
+    ("DELETE", "/api/v1/conversations/{conversation_id}"),
+    ("GET", "/api/v1/models"),
+    ("POST", "/api/v1/reindex"),
 }
 
 

@@ -7,6 +7,7 @@ the node serving. One test runs uvicorn on a loopback socket.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -78,6 +79,7 @@ def assert_unchanged(api: ApiClient, before: dict[str, Any]) -> None:
 
 # -- every route is tested ---------------------------------------------------------------
 
+CHAT = "test_api_chat::"  # "module::test": a test in another module
 ROUTE_TESTS = {
     ("GET", "/healthz"): "test_health_routes_are_open",
     ("GET", "/readyz"): "test_health_routes_are_open",
@@ -96,6 +98,12 @@ ROUTE_TESTS = {
     ("GET", "/api/v1/search"): "test_search",
     ("GET", "/api/v1/export"): "test_export_import_round_trip_is_idempotent",
     ("POST", "/api/v1/import"): "test_import_reports_bad_lines_and_stores_good_ones",
+    ("POST", "/api/v1/chat"): CHAT + "test_chat_streams_sources_deltas_then_an_answer",
+    ("GET", "/api/v1/conversations"): CHAT + "test_conversations",
+    ("GET", "/api/v1/conversations/{conversation_id}"): CHAT + "test_conversations",
+    ("DELETE", "/api/v1/conversations/{conversation_id}"): CHAT + "test_conversations",
+    ("GET", "/api/v1/models"): CHAT + "test_models_and_reindex",
+    ("POST", "/api/v1/reindex"): CHAT + "test_models_and_reindex",
 }
 
 
@@ -115,7 +123,9 @@ def test_every_route_has_a_test(settings: Settings) -> None:
     assert routes == set(ROUTE_TESTS), "add the new route to ROUTE_TESTS and test it"
     assert {r for r in routes if r[1].startswith("/api/")} == PROTECTED_TEMPLATES
     for name in ROUTE_TESTS.values():
-        assert callable(globals().get(name)), name
+        module, _, test = name.rpartition("::")
+        found = vars(importlib.import_module(module)) if module else globals()
+        assert callable(found.get(test)), name
 
 
 # -- authentication ----------------------------------------------------------------------

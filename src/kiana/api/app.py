@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from kiana import __version__
-from kiana.api import routes_blocks, routes_system, routes_transfer
+from kiana.api import routes_blocks, routes_chat, routes_system, routes_transfer
 from kiana.api.auth import BearerAuthMiddleware
-from kiana.api.deps import Runtime
+from kiana.api.deps import ChatRuntime, Runtime
 from kiana.api.errors import install_error_handlers
 from kiana.api.limits import BodyLimitMiddleware
 from kiana.config import Settings
@@ -76,16 +76,22 @@ def create_app(
         except BaseException:
             await asyncio.to_thread(off.close)
             raise
-        app.state.runtime = Runtime(settings=settings, node=current, off=off, token=token)
+        chat = ChatRuntime(current)
+        app.state.runtime = Runtime(
+            settings=settings, node=current, off=off, token=token, chat=chat
+        )
         try:
             yield
         finally:
             app.state.runtime = None
             try:
-                if node is None:
-                    await off.write(current.close)
+                await chat.close()  # cancels running answers, closes the chat model
             finally:
-                await asyncio.to_thread(off.close)
+                try:
+                    if node is None:
+                        await off.write(current.close)
+                finally:
+                    await asyncio.to_thread(off.close)
 
     app = KianaAPI(
         title="KI_ana",
@@ -98,6 +104,7 @@ def create_app(
     app.include_router(routes_system.system, prefix=API_PREFIX)
     app.include_router(routes_blocks.router, prefix=API_PREFIX)
     app.include_router(routes_transfer.router, prefix=API_PREFIX)
+    app.include_router(routes_chat.router, prefix=API_PREFIX)
 
     open_paths = {"/healthz", "/readyz"}
     for docs_path in (

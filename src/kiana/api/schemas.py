@@ -216,3 +216,152 @@ class ErrorInfo(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorInfo
+
+
+# -- the assistant ----------------------------------------------------------------------
+
+MAX_CHAT_TOKENS = 8192
+CONVERSATION_ID = r"^c-[0-9A-Za-z]{1,38}$"
+
+
+class ChatIn(_In):
+    message: Utf8 = Field(
+        description="The question, or 'remember that ...' to store a fact (at most 8000 "
+        "characters; checked by the assistant)."
+    )
+    conversation_id: str | None = Field(
+        None, max_length=40, description="Continue this conversation; omit to start one."
+    )
+    use_memory: bool = Field(True, description="Retrieve memory blocks for the prompt.")
+    learn: bool = Field(True, description="Act on 'remember that ...' by storing a fact.")
+    stream: bool = Field(True, description="Server-Sent Events; false answers one JSON object.")
+    kind: Kind | None = Field(None, description="Retrieve only blocks of this kind.")
+    scope: Scope | None = Field(None, description="Retrieve only blocks in this scope.")
+    tag: Tag | None = Field(None, description="Retrieve only blocks with this tag.")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_CHAT_TOKENS, description="Longest answer.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="For repeatable answers.")
+
+
+class SourceOut(BaseModel):
+    n: int = Field(description="The number the prompt gave this block; citations use it.")
+    id: str
+    kind: str
+    created: int
+    author: str
+    similarity: float | None = Field(description="Cosine similarity, when vector search saw it.")
+    score: float = Field(description="Fused retrieval score.")
+    via: list[str] = Field(description="Which rankings found it: keyword, vector.")
+    text: str = Field(description="The start of the block body.")
+
+
+class CitationProvenanceOut(BaseModel):
+    author: str
+    author_name: str
+    role: str
+    created: int
+    valid: bool = Field(description="The block's signature verifies.")
+    error: str
+
+
+class CitationOut(BaseModel):
+    n: int
+    block: BlockRecord = Field(description="The full signed record.")
+    provenance: CitationProvenanceOut
+
+
+class UsageOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AnswerOut(BaseModel):
+    """The ``answer`` event."""
+
+    text: str
+    conversation_id: str | None
+    cancelled: bool
+    finish_reason: str | None = Field(description="stop, length or cancelled, when known.")
+    usage: UsageOut | None
+    citations: list[CitationOut]
+
+
+class LearnedOut(BaseModel):
+    """The ``learned`` event: "remember that ..." stored (or found) this block."""
+
+    created: bool
+    block: BlockRecord
+
+
+class ChatOut(AnswerOut):
+    """The answer with ``stream: false``."""
+
+    sources: list[SourceOut]
+    learned: list[LearnedOut]
+
+
+class ConversationSummaryOut(BaseModel):
+    id: str
+    title: str
+    created: int
+    updated: int
+
+
+class ConversationsOut(BaseModel):
+    conversations: list[ConversationSummaryOut]
+
+
+class TurnOut(BaseModel):
+    role: str
+    content: str
+    citations: list[str] = Field(description="Ids of the blocks the answer cited.")
+    created: int
+
+
+class ConversationOut(ConversationSummaryOut):
+    turns: list[TurnOut]
+
+
+class DeletedOut(BaseModel):
+    id: str
+    deleted: bool
+
+
+class ModelInfoOut(BaseModel):
+    backend: str
+    name: str
+    available: bool
+    detail: str
+    context: int | None
+    path: str
+    size_bytes: int | None
+    assembled: bool | None
+    selected: bool
+
+
+class ChatModelsOut(BaseModel):
+    backend: str
+    model: str = Field(description="The configured chat model (chat.model).")
+    models: list[ModelInfoOut]
+
+
+class EmbeddingStatusOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    available: bool
+    detail: str = ""
+
+
+class ModelsOut(BaseModel):
+    chat: ChatModelsOut
+    embeddings: EmbeddingStatusOut
+
+
+class ReindexOut(BaseModel):
+    model: str
+    embedded: int
+    missing_before: int
+    seconds: float
