@@ -79,7 +79,7 @@ def assert_unchanged(api: ApiClient, before: dict[str, Any]) -> None:
 
 # -- every route is tested ---------------------------------------------------------------
 
-CHAT = "test_api_chat::"  # "module::test": a test in another module
+CHAT, OPENAI = "test_api_chat::", "test_api_openai::"  # "module::test": in another module
 ROUTE_TESTS = {
     ("GET", "/healthz"): "test_health_routes_are_open",
     ("GET", "/readyz"): "test_health_routes_are_open",
@@ -104,6 +104,9 @@ ROUTE_TESTS = {
     ("DELETE", "/api/v1/conversations/{conversation_id}"): CHAT + "test_conversations",
     ("GET", "/api/v1/models"): CHAT + "test_models_and_reindex",
     ("POST", "/api/v1/reindex"): CHAT + "test_models_and_reindex",
+    ("GET", "/v1/models"): OPENAI + "test_models_list",
+    ("POST", "/v1/chat/completions"): OPENAI + "test_chat_completion",
+    ("POST", "/v1/embeddings"): OPENAI + "test_embeddings",
 }
 
 

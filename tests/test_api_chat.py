@@ -25,7 +25,7 @@ from chat_helpers import (
     running_server,
     sse_events,
 )
-from kiana.api import create_app, routes_chat
+from kiana.api import create_app, routes_chat, routes_openai
 from kiana.api.deps import Runtime
 from kiana.config import Settings
 from llm_helpers import closed_port
@@ -222,12 +222,28 @@ def test_backend_down_is_a_clear_503(
         assert models["chat"]["backend"] == "openai"
         [info] = models["chat"]["models"]
         assert info["available"] is False and info["selected"] is True and info["detail"]
+        response = api.post(
+            "/v1/chat/completions",
+            json={"model": "kiana", "messages": [{"role": "user", "content": "Hello?"}]},
+        )
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert (error["code"], error["type"]) == ("backend_unavailable", "server_error")
 
         # A response that has started (the first token is slow) reports the error as an event.
         monkeypatch.setattr(routes_chat, "HEAD_WAIT_S", 0.0)
+        monkeypatch.setattr(routes_openai, "HEAD_WAIT_S", 0.0)
         events = chat(api, "Hello?", use_memory=False)
         assert events[0] == ("sources", {"items": []})
         assert events[-1][0] == "error" and events[-1][1]["code"] == "backend_unavailable"
+        response = api.post(
+            "/v1/chat/completions",
+            json={"model": "kiana", "stream": True, "messages": [{"role": "user", "content": "?"}]},
+        )
+        assert response.status_code == 200
+        chunks = [data for _, data in parse_sse(response.text)]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["error"]["code"] == "backend_unavailable"
         assert api.get("/readyz", token=None).status_code == 200
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from kiana import __version__
-from kiana.api import routes_blocks, routes_chat, routes_system, routes_transfer
+from kiana.api import routes_blocks, routes_chat, routes_openai, routes_system, routes_transfer
 from kiana.api.auth import BearerAuthMiddleware
 from kiana.api.deps import ChatRuntime, Runtime
-from kiana.api.errors import install_error_handlers
+from kiana.api.errors import OPENAI_PREFIX, install_error_handlers
 from kiana.api.limits import BodyLimitMiddleware
 from kiana.config import Settings
 from kiana.home import read_token
@@ -34,6 +34,9 @@ DESCRIPTION = """\
 The HTTP API of one KI_ana node. Every route under `/api/v1` needs
 `Authorization: Bearer <token>` (the token is in `$KIANA_HOME/api-token`).
 Errors are always `{"error": {"code": "...", "message": "..."}}` with a stable code.
+
+`/v1` is an OpenAI-compatible API with KI_ana's memory: use `http://host:port/v1` as an
+OpenAI client's `base_url` and the token as its `api_key`.
 """
 
 
@@ -51,7 +54,7 @@ class KianaAPI(FastAPI):
         }
         error_ref = {"$ref": "#/components/schemas/ErrorOut"}
         for path, operations in schema.get("paths", {}).items():
-            if not path.startswith(API_PREFIX):
+            if not path.startswith((API_PREFIX, OPENAI_PREFIX)):
                 continue
             for operation in operations.values():
                 operation["security"] = [{"bearerAuth": []}]
@@ -105,6 +108,7 @@ def create_app(
     app.include_router(routes_blocks.router, prefix=API_PREFIX)
     app.include_router(routes_transfer.router, prefix=API_PREFIX)
     app.include_router(routes_chat.router, prefix=API_PREFIX)
+    app.include_router(routes_openai.router)
 
     open_paths = {"/healthz", "/readyz"}
     for docs_path in (

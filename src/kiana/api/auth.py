@@ -2,7 +2,8 @@
 
 It runs as ASGI middleware, before routing and before any body is read, so
 an unauthenticated client learns nothing: not which routes exist, not
-whether its JSON parses.
+whether its JSON parses. OpenAI clients send their ``api_key`` the same way,
+so the KI_ana token is the ``api_key`` of the ``/v1`` routes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiana.api.deps import runtime_of
-from kiana.api.errors import NotReadyError, error_response
+from kiana.api.errors import NotReadyError, error_response, is_openai_path
 
 SCHEME = b"bearer "
 
@@ -40,10 +41,11 @@ class BearerAuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
+        openai = is_openai_path(scope["path"])
         try:
             runtime = runtime_of(scope["app"])
         except NotReadyError as exc:
-            await error_response(503, exc.code, exc.message)(scope, receive, send)
+            await error_response(503, exc.code, exc.message, openai=openai)(scope, receive, send)
             return
         if not runtime.settings.api_require_token:
             await self.app(scope, receive, send)
@@ -57,6 +59,6 @@ class BearerAuthMiddleware:
         else:
             message, challenge = "the bearer token is not valid", 'Bearer error="invalid_token"'
         response = error_response(
-            401, "unauthorized", message, headers={"WWW-Authenticate": challenge}
+            401, "unauthorized", message, headers={"WWW-Authenticate": challenge}, openai=openai
         )
         await response(scope, receive, send)

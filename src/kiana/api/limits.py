@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiana.api.errors import RequestTooLarge, error_response
+from kiana.api.errors import RequestTooLarge, error_response, is_openai_path
 
 
 class BodyLimitMiddleware:
@@ -28,7 +28,7 @@ class BodyLimitMiddleware:
         limit = self.path_limits.get(scope["path"], self.default_limit)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, scope["path"])(scope, receive, send)
             return
 
         received = 0
@@ -54,7 +54,7 @@ class BodyLimitMiddleware:
             # Normally the exception handlers answer; this covers a body read elsewhere.
             if started:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, scope["path"])(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -67,7 +67,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large(limit: int) -> ASGIApp:
+def _too_large(limit: int, path: str) -> ASGIApp:
     return error_response(
-        413, "request_too_large", f"the request body is larger than {limit} bytes"
+        413,
+        "request_too_large",
+        f"the request body is larger than {limit} bytes",
+        openai=is_openai_path(path),
     )
