@@ -166,7 +166,7 @@ def test_closing_a_stream_half_way_releases_the_model(model: EmbeddedChatModel) 
 
 
 def test_stop_sequences_end_the_answer(model: EmbeddedChatModel) -> None:
-    options = GenerationOptions(max_tokens=40, temperature=0.0, stop=("5",))
+    options = GenerationOptions(max_tokens=24, temperature=0.0, stop=("5",))
     result = complete(model, ask("Count from 1 to 10 separated by commas."), options)
     assert "5" not in result.text and result.finish_reason == "stop"
 
