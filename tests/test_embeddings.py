@@ -82,10 +82,13 @@ def test_onnx_agrees_with_torch_and_sentence_transformers(
 
 
 def test_batching_keeps_order_and_values(onnx_embedder: Embedder) -> None:
-    texts = [f"note number {i}: {'word ' * (i % 17)}" for i in range(75)]  # > 2 batches
+    # 150 short texts (> 2 batches of 64) and long ones (split by the token budget)
+    texts = [f"note number {i}: {'word ' * (i % 17)}" for i in range(150)]
+    texts += [f"long text {i}: " + "many words here " * 120 for i in range(20)]
     together = onnx_embedder.embed(texts)
-    alone = np.vstack([onnx_embedder.embed([t]) for t in texts[:12]])
-    assert np.allclose(together[:12], alone, atol=1e-5)
+    some = [*range(12), *range(len(texts) - 3, len(texts))]
+    alone = np.vstack([onnx_embedder.embed([texts[i]]) for i in some])
+    assert np.allclose(together[some], alone, atol=1e-5)
     reversed_out = onnx_embedder.embed(texts[::-1])
     assert np.allclose(reversed_out[::-1], together, atol=1e-5)
 

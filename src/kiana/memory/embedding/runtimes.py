@@ -81,7 +81,9 @@ class OnnxEmbedder:
         return self._spec.dim
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        return embed_batched(texts, self.dim, self._run, self._batch)
+        return embed_batched(
+            texts, self.dim, self._run, self._batch, max_tokens=self._spec.max_tokens
+        )
 
     def _run(self, batch: list[str]) -> Vectors:
         encodings = self._tokenizer.encode_batch(batch)
@@ -132,7 +134,9 @@ class TorchEmbedder:
         return self._spec.dim
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        return embed_batched(texts, self.dim, self._run, self._batch)
+        return embed_batched(
+            texts, self.dim, self._run, self._batch, max_tokens=self._spec.max_tokens
+        )
 
     def _run(self, batch: list[str]) -> Vectors:
         out = self._model.encode(

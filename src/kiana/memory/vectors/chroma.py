@@ -20,6 +20,7 @@ from kiana.memory.vectors.base import VectorHit, VectorItem, as_matrix, slug
 from kiana.store import BlockFilter
 
 TAG_PREFIX = "tag:"
+EF_SEARCH = 200  # recall@10 0.949 at 100 on 100k real MiniLM vectors; see docs/benchmarks.md
 PAGE = 5000
 
 
@@ -49,7 +50,7 @@ class ChromaIndex:
                 "hnsw": {
                     "space": "cosine",
                     "ef_construction": 200,
-                    "ef_search": 100,
+                    "ef_search": EF_SEARCH,
                     "max_neighbors": 16,
                 }
             },
@@ -78,12 +79,12 @@ class ChromaIndex:
         self, vector: npt.NDArray[np.float32], k: int, flt: BlockFilter | None = None
     ) -> list[VectorHit]:
         query = as_matrix(vector, self.dim)
-        total = self.count()
-        if k <= 0 or total == 0:
+        if k <= 0:
             return []
+        # No count() first: it costs ~7 ms at 100k; Chroma returns fewer rows by itself.
         result = self._collection.query(
             query_embeddings=query,
-            n_results=min(k, total),
+            n_results=k,
             where=_where(flt),
             include=["distances"],
         )
