@@ -23,6 +23,9 @@ Each model is measured in its own child process (so its peak RSS is its own):
   callback), same prompt, greedy, interleaved round by round (alternating who
   goes first) so a noisy neighbour hits both alike. The ratio is the median of
   the per-round ratios; it is the number to compare between runs.
+  Each call also records the process CPU time per token: it moves far less
+  than wall time when other jobs share the machine, and its ratio (raw /
+  KI_ana) is the fairer overhead measure on a busy machine.
 - **peak RSS** (``VmHWM``) of the process with KI_ana's model only, measured
   before the baseline ``Llama`` is created; and RSS right after loading.
 """
@@ -129,16 +132,23 @@ def rss_mib(field: str) -> float:
 def ttft_turn(
     model: EmbeddedChatModel, messages: list[ChatMessage], max_tokens: int
 ) -> dict[str, Any]:
+    cpu0 = time.process_time()
+    first_cpu = float("nan")
     stream = model.stream(messages, GenerationOptions(max_tokens=max_tokens, temperature=0.0))
-    text = "".join(stream)
+    pieces = []
+    for piece in stream:
+        if not pieces:
+            first_cpu = time.process_time() - cpu0
+        pieces.append(piece)
     extra = stream.usage.extra
     return {
         "first_token_s": round(extra.get("first_token_s", float("nan")), 3),
+        "first_token_cpu_s": round(first_cpu, 3),
         "total_s": round(extra["total_s"], 3),
         "prompt_tokens": stream.usage.prompt_tokens,
         "cached_prompt_tokens": int(extra["cached_prompt_tokens"]),
         "completion_tokens": stream.usage.completion_tokens,
-        "answer_chars": len(text),
+        "answer_chars": len("".join(pieces)),
     }
 
 
@@ -149,26 +159,30 @@ def decode_rate(pieces_at: list[float]) -> float:
     return (len(pieces_at) - 1) / (pieces_at[-1] - pieces_at[0])
 
 
+def measured(pieces: Any) -> dict[str, float]:
+    """Consume ``pieces`` (truthy items only count), timing each one."""
+    started, cpu0 = time.perf_counter(), time.process_time()
+    times = [time.perf_counter() for piece in pieces if piece]
+    cpu = time.process_time() - cpu0
+    return {
+        "tokens": len(times),
+        "tok_s": decode_rate(times),
+        "first_s": times[0] - started,
+        "cpu_ms_per_token": 1000 * cpu / max(len(times), 1),
+    }
+
+
 def run_ours(model: EmbeddedChatModel, max_tokens: int) -> dict[str, float]:
-    started = time.perf_counter()
-    times = []
-    for _piece in model.stream(
-        THROUGHPUT_PROMPT, GenerationOptions(max_tokens=max_tokens, temperature=0.0, seed=1)
-    ):
-        times.append(time.perf_counter())
-    return {"tokens": len(times), "tok_s": decode_rate(times), "first_s": times[0] - started}
+    options = GenerationOptions(max_tokens=max_tokens, temperature=0.0, seed=1)
+    return measured(model.stream(THROUGHPUT_PROMPT, options))
 
 
 def run_raw(llm: Any, max_tokens: int) -> dict[str, float]:
     messages = [{"role": m.role, "content": m.content} for m in THROUGHPUT_PROMPT]
-    started = time.perf_counter()
-    times = []
-    for chunk in llm.create_chat_completion(
+    chunks = llm.create_chat_completion(
         messages=messages, stream=True, max_tokens=max_tokens, temperature=0.0, seed=1
-    ):
-        if chunk["choices"][0]["delta"].get("content"):
-            times.append(time.perf_counter())
-    return {"tokens": len(times), "tok_s": decode_rate(times), "first_s": times[0] - started}
+    )
+    return measured(c["choices"][0]["delta"].get("content") for c in chunks)
 
 
 def worker(
@@ -232,6 +246,18 @@ def worker(
         "raw_tok_s_median": round(statistics.median(r["tok_s"] for r in raw), 2),
         "paired_ratios": [round(x, 3) for x in paired],
         "ratio": round(statistics.median(paired), 3),
+        # CPU time per token is far less sensitive to other jobs than wall time.
+        "kiana_cpu_ms_per_token_median": round(
+            statistics.median(r["cpu_ms_per_token"] for r in ours), 2
+        ),
+        "raw_cpu_ms_per_token_median": round(
+            statistics.median(r["cpu_ms_per_token"] for r in raw), 2
+        ),
+        "cpu_ratio": round(
+            statistics.median(r["cpu_ms_per_token"] for r in raw)
+            / statistics.median(r["cpu_ms_per_token"] for r in ours),
+            3,
+        ),
     }
     model.close()
     return result
@@ -275,6 +301,7 @@ def table(results: list[dict[str, Any]]) -> list[list[str]]:
             "KI_ana tok/s",
             "raw tok/s",
             "ratio",
+            "CPU ratio",
             "peak RSS MiB",
         ]
     ]
@@ -292,6 +319,7 @@ def table(results: list[dict[str, Any]]) -> list[list[str]]:
                 f"{dec['kiana_tok_s_median']:.1f}",
                 f"{dec['raw_tok_s_median']:.1f}",
                 f"{dec['ratio']:.2f}",
+                f"{dec['cpu_ratio']:.2f}",
                 f"{r['peak_rss_mib']:.0f}",
             ]
         )
