@@ -26,6 +26,7 @@ def test_list_models_shows_registry_models_and_whether_they_are_ready(tmp_path: 
     assert all(i.backend == "embedded" and i.context == 4096 for i in infos.values())
     smol = infos[SMOLLM]
     assert smol.available and smol.assembled is False and smol.size_bytes == 98_362_432
+    assert smol.path == str(smollm_path())
     ensure_model(get_spec(SMOLLM), settings.model_cache_dir)
     assert {i.name: i for i in list_models(settings)}[SMOLLM].assembled is True
 

@@ -17,6 +17,7 @@ from kiana.llm.registry import (
     KNOWN_MODELS,
     ModelSpec,
     check_gguf,
+    locate_parts,
     looks_like_path,
     missing_requirements,
     pip_command,
@@ -115,7 +116,12 @@ def describe_spec(
         detail = f"{spec.title}; checked (sha256) on first use"
     else:
         detail = f"{spec.title}; assembled into the cache on first use ({spec.size / 1e9:.2f} GB)"
-    path = "" if spec.single_file or not ready else str(assembled_path(spec, cache_dir))
+    if missing:
+        path = ""
+    elif spec.single_file:
+        path = str(locate_parts(spec)[0])  # used in place
+    else:
+        path = str(assembled_path(spec, cache_dir)) if ready else ""
     return ModelInfo(
         backend="embedded",
         name=spec.name,
