@@ -112,6 +112,9 @@ class TorchEmbedder:
         offline_hub()
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no bars on stderr
 
         with self._lock:
             torch.set_num_threads(threads or default_threads())
