@@ -33,7 +33,7 @@ from kiana.blocks.model import Block
 from kiana.errors import ErasedError
 from kiana.node import Node, Provenance
 from kiana.store import BlockFilter
-from kiana.store.blocks import MAX_PAGE
+from kiana.store.rows import MAX_PAGE
 
 MAX_INT = 2**53 - 1
 MAX_SEARCH = 100

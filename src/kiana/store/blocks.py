@@ -1,7 +1,7 @@
 """The block repository: put, get, list, keyword search, erase, devices.
 
 All methods are synchronous and thread-safe; call them from a thread, never
-from the event loop (``kiana.store.aio`` does that for async callers).
+from the event loop (``kiana.offload`` does that for async callers).
 Every block that enters the store is verified here (id, signature, known
 author) unless the caller already verified it and says so.
 """
@@ -9,32 +9,68 @@ author) unless the caller already verified it and says so.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiana.blocks import Block, Meta, Ref, Tombstone, verify_block, verify_tombstone
+from kiana.blocks import Block, Tombstone, verify_block, verify_tombstone
 from kiana.errors import ConflictError, ErasedError, InputError, NotFoundError
-from kiana.store.db import Conn, Database, Row
+from kiana.store.db import Conn, Database
 from kiana.store.migrations import current_version, migrate
+from kiana.store.rows import (
+    COLS as _COLS,
+)
+from kiana.store.rows import (
+    all_rows as _all,
+)
+from kiana.store.rows import (
+    asdict as _asdict,
+)
+from kiana.store.rows import (
+    block as _block,
+)
+from kiana.store.rows import (
+    body_hash,
+)
+from kiana.store.rows import (
+    check_limit as _check_limit,
+)
+from kiana.store.rows import (
+    chunked_all as _chunked_all,
+)
+from kiana.store.rows import (
+    chunked_list as _chunked_list,
+)
+from kiana.store.rows import (
+    existing as _existing,
+)
+from kiana.store.rows import (
+    parse_cursor as _parse_cursor,
+)
+from kiana.store.rows import (
+    prefixed as _prefixed,
+)
+from kiana.store.rows import (
+    row as _row,
+)
+from kiana.store.rows import (
+    same_body as _same_body,
+)
+from kiana.store.rows import (
+    tombstone as _tombstone,
+)
+from kiana.store.rows import (
+    where as _where,
+)
 from kiana.store.types import BlockFilter, Device, Page, PutResult, SearchHit, StoreStats
 
-_COLS = "id, v, kind, scope, body, meta, author, created, refs, sig, seq"
-_BATCH = 500
 _WORD = re.compile(r"\w+", re.UNICODE)
-MAX_PAGE = 1000
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def body_hash(body: str) -> str:
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 class BlockStore:
@@ -395,131 +431,3 @@ class BlockStore:
 
         stats = self.db.read(query)
         return StoreStats(**{**_asdict(stats), "schema_version": current_version(self.db)})
-
-
-# -- helpers ------------------------------------------------------------------
-
-
-def _all(sql: str, params: Sequence[Any], conn: Conn) -> list[Row]:
-    return conn.all(sql, params)
-
-
-def _asdict(stats: StoreStats) -> dict[str, Any]:
-    return {s: getattr(stats, s) for s in StoreStats.__slots__}
-
-
-def _same_body(conn: Conn, block: Block, stored_hash: str) -> bool:
-    """Whether the stored row still holds exactly ``block``'s body (its hash column can lie)."""
-    if stored_hash != body_hash(block.body):
-        return False
-    row = conn.one("SELECT 1 FROM blocks WHERE id = ? AND body = ?", (block.id, block.body))
-    return row is not None
-
-
-def _row(block: Block, stored: int, *, fold: bool) -> tuple[Any, ...]:
-    """Column values for ``blocks``. ``fold``: fill ``search_text`` (PostgreSQL only).
-
-    PostgreSQL lower-cases for its keyword index with the database's locale,
-    which under ``C`` leaves "Über" as it is; so KI_ana folds case itself.
-    SQLite's FTS5 tokenizer folds Unicode case on its own.
-    """
-    meta = block.meta
-    search_text = f"{meta.title} {block.body} {' '.join(meta.tags)}".lower() if fold else ""
-    return (
-        block.id,
-        block.v,
-        block.kind,
-        block.scope,
-        block.body,
-        json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":")),
-        meta.title,
-        " ".join(meta.tags),
-        meta.source,
-        block.author,
-        block.created,
-        json.dumps([r.to_dict() for r in block.refs], separators=(",", ":")),
-        block.sig,
-        body_hash(block.body),
-        stored,
-        search_text,
-    )
-
-
-def _block(r: Row) -> Block:
-    meta = json.loads(r[5])
-    return Block(
-        id=r[0],
-        v=int(r[1]),
-        kind=r[2],
-        scope=r[3],
-        body=r[4],
-        meta=Meta(
-            title=meta.get("title", ""),
-            tags=tuple(meta.get("tags", ())),
-            source=meta.get("source", ""),
-            lang=meta.get("lang", ""),
-            seq=meta.get("seq"),
-        ),
-        author=r[6],
-        created=int(r[7]),
-        refs=tuple(Ref(rel=x["rel"], id=x["id"]) for x in json.loads(r[8])),
-        sig=r[9],
-    )
-
-
-def _tombstone(r: Row) -> Tombstone:
-    return Tombstone(id=r[0], erases=r[1], author=r[2], created=int(r[3]), reason=r[4], sig=r[5])
-
-
-def _prefixed() -> str:
-    return ", ".join(f"b.{c.strip()}" for c in _COLS.split(","))
-
-
-def _where(flt: BlockFilter) -> tuple[list[str], list[Any]]:
-    where = ["b.erased = 0"]
-    params: list[Any] = []
-    for column, value in (("kind", flt.kind), ("scope", flt.scope), ("author", flt.author)):
-        if value is not None:
-            where.append(f"b.{column} = ?")
-            params.append(value)
-    if flt.tag is not None:
-        where.append("b.id IN (SELECT block_id FROM block_tags WHERE tag = ?)")
-        params.append(flt.tag)
-    if flt.since is not None:
-        where.append("b.created >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        where.append("b.created < ?")
-        params.append(flt.until)
-    return where, params
-
-
-def _check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE:
-        raise InputError(f"limit must be between 1 and {MAX_PAGE}")
-    return limit
-
-
-def _parse_cursor(cursor: str) -> tuple[int, int]:
-    try:
-        created_text, seq_text = cursor.split(".")
-        created, seq = int(created_text), int(seq_text)
-    except ValueError as exc:
-        raise InputError("invalid page cursor") from exc
-    if not (0 <= created < 2**53 and 0 <= seq < 2**62):
-        raise InputError("invalid page cursor")
-    return created, seq
-
-
-def _chunked_all(conn: Conn, sql: str, values: Sequence[str]) -> Iterable[Row]:
-    for i in range(0, len(values), _BATCH):
-        part = values[i : i + _BATCH]
-        yield from conn.all(sql.format(", ".join("?" * len(part))), part)
-
-
-def _chunked_list(sql: str, values: Sequence[str], conn: Conn) -> list[Row]:
-    return list(_chunked_all(conn, sql, values))
-
-
-def _existing(conn: Conn, sql: str, values: Sequence[str]) -> set[str]:
-    return {r[0] for r in _chunked_all(conn, sql, values)}
