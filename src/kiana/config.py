@@ -87,7 +87,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "chat_url", "chat", "url", "KIANA_CHAT_URL", str, "",
-        "Base URL of the Ollama or OpenAI-compatible server. Empty for ollama: http://127.0.0.1:11434.",
+        "Base URL of the Ollama or OpenAI-compatible server. Empty: http://127.0.0.1:11434 (ollama), http://127.0.0.1:8080/v1 (openai).",
     ),
     SettingSpec(
         "chat_api_key", "chat", "api_key", "KIANA_CHAT_API_KEY", str, "",
