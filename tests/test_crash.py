@@ -26,7 +26,8 @@ from kiana.memory.chunking import chunk_text
 from kiana.node import Node
 from kiana.transfer import BATCH, export_lines
 
-pytestmark = pytest.mark.slow
+# Re-running a 20k-block import embeds every block (MiniLM on 2 cores): allow for a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 TOTAL = 20_000
 FILES = 1_500
