@@ -122,3 +122,14 @@ def test_chat_extract_stores_an_accepted_fact(env: dict[str, str]) -> None:
     code, listing = invoke(env, "blocks", "list", "--json")
     items = json.loads(listing)["items"]
     assert len(items) == 1 and items[0]["kind"] == "fact" and "plumber" in items[0]["body"].lower()
+
+
+def test_add_no_embed_then_reindex(env: dict[str, str], tmp_path: Path) -> None:
+    invoke(env, "init")
+    note = tmp_path / "note.md"
+    note.write_text("# Garden\n\nThe lemon tree goes into the cellar before the first frost.\n")
+    assert invoke(env, "add", "--no-embed", str(note))[0] == 0
+    assert json.loads(invoke(env, "models", "--json")[1])["embeddings"]["missing"] == 1
+    code, text = invoke(env, "reindex", "--json")
+    assert code == 0 and json.loads(text)["embedded"] == 1
+    assert json.loads(invoke(env, "models", "--json")[1])["embeddings"]["missing"] == 0

@@ -67,13 +67,21 @@ def remember(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--tag", "-t", "tags", multiple=True, help="Tag for every chunk (repeatable).")
 @click.option("--scope", type=scope_choice, default="shared", show_default=True)
+@click.option("--no-embed", is_flag=True, help="Skip embedding (fast); run 'kiana reindex' later.")
 @json_option
 @pass_state
 def add(
-    state: CliState, paths: tuple[Path, ...], tags: tuple[str, ...], scope: str, as_json: bool
+    state: CliState,
+    paths: tuple[Path, ...],
+    tags: tuple[str, ...],
+    scope: str,
+    no_embed: bool,
+    as_json: bool,
 ) -> None:
     """Chunk text files (Markdown, plain text) into blocks. Unchanged files are skipped."""
     with state.node() as node, progress_bar() as bar:
+        if no_embed:
+            node.auto_embed = False
         task = bar.add_task("adding files", total=len(paths))
         report = node.add_files(
             paths, tags=tags, scope=scope, progress=lambda n: bar.advance(task, n)

@@ -53,11 +53,14 @@ def export_cmd(state: CliState, output: Path | None) -> None:
 
 @click.command("import")
 @click.argument("source", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.option("--no-embed", is_flag=True, help="Skip embedding (fast); run 'kiana reindex' later.")
 @json_option
 @pass_state
-def import_cmd(state: CliState, source: Path, as_json: bool) -> None:
+def import_cmd(state: CliState, source: Path, no_embed: bool, as_json: bool) -> None:
     """Import a JSON Lines export (or - for standard input). Verified; safe to re-run."""
     with state.node() as node:
+        if no_embed:
+            node.auto_embed = False
         if str(source) == "-":
             report = import_lines(node, sys.stdin.buffer)
         else:
