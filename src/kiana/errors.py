@@ -20,6 +20,8 @@
     │   ├── MigrationError          schema migration failed or database is newer than code
     │   └── DatabaseUnavailableError driver missing or server unreachable
     ├── InputError                  a user-supplied file or argument cannot be used
+    ├── EmbeddingModelError         the embedding model or runtime cannot be used
+    ├── VectorIndexError            a vector index backend cannot be used
     └── LLMError                    a chat model or backend failed (bad answer, crash)
         ├── ModelUnavailableError   unknown model, package not installed, not on the server
         ├── ModelCorruptError       a model file fails its sha256 check or is not GGUF
