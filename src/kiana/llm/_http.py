@@ -15,7 +15,8 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from kiana.errors import (
     LLMError,
     ModelUnavailableError,
 )
+from kiana.llm.base import DEFAULT_OPTIONS, ChatMessage, ChatStream, GenerationOptions
 
 CONNECT_TIMEOUT = 10.0
 
@@ -149,3 +151,64 @@ def abort_on_cancel(cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
         yield {"trace": grabber}
     finally:
         done.set()
+
+
+class StreamingHttpModel:
+    """What the Ollama and OpenAI-compatible clients share: one streaming POST per turn.
+
+    A subclass sets ``_what`` (for messages), ``_path`` (the chat route) and the
+    attributes below, and implements ``_payload`` and ``_read``.
+    """
+
+    _what: str
+    _path: str
+    _client: httpx.Client
+    _model: str
+    _timeout: float
+    base_url: str
+
+    def _payload(
+        self, messages: Sequence[ChatMessage], options: GenerationOptions
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _read(
+        self,
+        response: httpx.Response,
+        cancel: threading.Event | None,
+        out: ChatStream,
+        started: float,
+    ) -> Iterator[str]:
+        raise NotImplementedError
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenerationOptions = DEFAULT_OPTIONS,
+        cancel: threading.Event | None = None,
+    ) -> ChatStream:
+        payload = self._payload(messages, options)
+        return ChatStream(lambda out: self._generate(payload, cancel, out))
+
+    def _generate(
+        self, payload: dict[str, Any], cancel: threading.Event | None, out: ChatStream
+    ) -> Iterator[str]:
+        if cancel is not None and cancel.is_set():
+            out.finish_reason = "cancelled"
+            return
+        started = time.monotonic()
+        try:
+            with (
+                abort_on_cancel(cancel) as extensions,
+                self._client.stream(
+                    "POST", self._path, json=payload, extensions=extensions
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    raise status_error(response, self._what, self.base_url, self._model)
+                yield from self._read(response, cancel, out, started)
+        except httpx.HTTPError as exc:
+            if cancel is not None and cancel.is_set():
+                out.finish_reason = "cancelled"
+                return
+            raise translate(exc, self._what, self.base_url, self._timeout) from exc

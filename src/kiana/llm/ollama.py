@@ -23,15 +23,18 @@ from typing import Any
 import httpx
 
 from kiana.errors import KianaError, LLMError
-from kiana.llm._http import abort_on_cancel, make_client, status_error, translate
-from kiana.llm.base import DEFAULT_OPTIONS, ChatMessage, ChatStream, GenerationOptions, ModelInfo
+from kiana.llm._http import StreamingHttpModel, make_client, status_error, translate
+from kiana.llm.base import ChatMessage, ChatStream, GenerationOptions, ModelInfo
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 WHAT = "Ollama"
 
 
-class OllamaChatModel:
+class OllamaChatModel(StreamingHttpModel):
     """A ``ChatModel`` served by an Ollama server."""
+
+    _what = WHAT
+    _path = "/api/chat"
 
     backend = "ollama"
 
@@ -74,38 +77,6 @@ class OllamaChatModel:
         if self._keep_alive is not None:
             payload["keep_alive"] = self._keep_alive
         return payload
-
-    def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        options: GenerationOptions = DEFAULT_OPTIONS,
-        cancel: threading.Event | None = None,
-    ) -> ChatStream:
-        payload = self._payload(messages, options)
-        return ChatStream(lambda out: self._generate(payload, cancel, out))
-
-    def _generate(
-        self, payload: dict[str, Any], cancel: threading.Event | None, out: ChatStream
-    ) -> Iterator[str]:
-        if cancel is not None and cancel.is_set():
-            out.finish_reason = "cancelled"
-            return
-        started = time.monotonic()
-        try:
-            with (
-                abort_on_cancel(cancel) as extensions,
-                self._client.stream(
-                    "POST", "/api/chat", json=payload, extensions=extensions
-                ) as response,
-            ):
-                if response.status_code >= 400:
-                    raise status_error(response, WHAT, self.base_url, self._model)
-                yield from self._read(response, cancel, out, started)
-        except httpx.HTTPError as exc:
-            if cancel is not None and cancel.is_set():
-                out.finish_reason = "cancelled"
-                return
-            raise translate(exc, WHAT, self.base_url, self._timeout) from exc
 
     def _read(
         self,

@@ -22,15 +22,18 @@ from typing import Any
 import httpx
 
 from kiana.errors import KianaError, LLMError
-from kiana.llm._http import abort_on_cancel, make_client, status_error, translate
-from kiana.llm.base import DEFAULT_OPTIONS, ChatMessage, ChatStream, GenerationOptions, ModelInfo
+from kiana.llm._http import StreamingHttpModel, make_client, status_error, translate
+from kiana.llm.base import ChatMessage, ChatStream, GenerationOptions, ModelInfo
 
 DEFAULT_URL = "http://127.0.0.1:8080/v1"
 WHAT = "the OpenAI-compatible server"
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(StreamingHttpModel):
     """A ``ChatModel`` served by an OpenAI-compatible HTTP server."""
+
+    _what = WHAT
+    _path = "/chat/completions"
 
     backend = "openai"
 
@@ -69,38 +72,6 @@ class OpenAIChatModel:
         if options.stop:
             payload["stop"] = list(options.stop)
         return payload
-
-    def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        options: GenerationOptions = DEFAULT_OPTIONS,
-        cancel: threading.Event | None = None,
-    ) -> ChatStream:
-        payload = self._payload(messages, options)
-        return ChatStream(lambda out: self._generate(payload, cancel, out))
-
-    def _generate(
-        self, payload: dict[str, Any], cancel: threading.Event | None, out: ChatStream
-    ) -> Iterator[str]:
-        if cancel is not None and cancel.is_set():
-            out.finish_reason = "cancelled"
-            return
-        started = time.monotonic()
-        try:
-            with (
-                abort_on_cancel(cancel) as extensions,
-                self._client.stream(
-                    "POST", "/chat/completions", json=payload, extensions=extensions
-                ) as response,
-            ):
-                if response.status_code >= 400:
-                    raise status_error(response, WHAT, self.base_url, self._model)
-                yield from self._read(response, cancel, out, started)
-        except httpx.HTTPError as exc:
-            if cancel is not None and cancel.is_set():
-                out.finish_reason = "cancelled"
-                return
-            raise translate(exc, WHAT, self.base_url, self._timeout) from exc
 
     def _read(
         self,
