@@ -113,6 +113,58 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "top_k", "assistant", "top_k", "KIANA_TOP_K", int, 5,
         "How many memory blocks retrieval considers for an answer.",
     ),
+    SettingSpec(
+        "mesh_enabled", "mesh", "enabled", "KIANA_MESH_ENABLED", bool, True,
+        "Run the peer-to-peer mesh (links to this mind's other devices) inside 'kiana serve'.",
+    ),
+    SettingSpec(
+        "mesh_host", "mesh", "host", "KIANA_MESH_HOST", str, "0.0.0.0",
+        "Address the mesh listens on. Only devices of this mind can complete a handshake.",
+    ),
+    SettingSpec(
+        "mesh_port", "mesh", "port", "KIANA_MESH_PORT", int, 7475,
+        "TCP port of the mesh (peer links and pairing). 0 picks a free port.",
+    ),
+    SettingSpec(
+        "mesh_discovery", "mesh", "discovery", "KIANA_MESH_DISCOVERY", bool, True,
+        "Advertise and browse _kiana._tcp.local. by mDNS (an opaque mind tag, no names).",
+    ),
+    SettingSpec(
+        "mesh_peers", "mesh", "peers", "KIANA_MESH_PEERS", str, "",
+        "Comma-separated host:port of peers to dial on networks without multicast.",
+    ),
+    SettingSpec(
+        "mesh_ice_servers", "mesh", "ice_servers", "KIANA_MESH_ICE_SERVERS", str, "",
+        "Comma-separated stun:/turn: URLs for WebRTC links. Empty: no STUN/TURN is contacted.",
+    ),
+    SettingSpec(
+        "mesh_turn_username", "mesh", "turn_username", "KIANA_MESH_TURN_USERNAME", str, "",
+        "Username for the turn: servers in mesh.ice_servers.",
+    ),
+    SettingSpec(
+        "mesh_turn_password", "mesh", "turn_password", "KIANA_MESH_TURN_PASSWORD", str, "",
+        "Password for the turn: servers in mesh.ice_servers.",
+    ),
+    SettingSpec(
+        "mesh_relay_only", "mesh", "relay_only", "KIANA_MESH_RELAY_ONLY", bool, False,
+        "WebRTC links use TURN relay candidates only (hides this device's addresses from peers).",
+    ),
+    SettingSpec(
+        "mesh_heartbeat_ms", "mesh", "heartbeat_ms", "KIANA_MESH_HEARTBEAT_MS", int, 2000,
+        "Interval of link heartbeats; a peer is suspect after 2 missed, down after 5.",
+    ),
+    SettingSpec(
+        "mesh_max_message_bytes", "mesh", "max_message_bytes", "KIANA_MESH_MAX_MESSAGE_BYTES",
+        int, 1024 * 1024, "Largest end-to-end message body accepted or sent.",
+    ),
+    SettingSpec(
+        "mesh_message_ttl", "mesh", "message_ttl", "KIANA_MESH_MESSAGE_TTL", int, 7 * 24 * 3600,
+        "Seconds a queued message waits for an offline device before it is dropped.",
+    ),
+    SettingSpec(
+        "pairing_ttl", "mesh", "pairing_ttl", "KIANA_PAIRING_TTL", int, 600,
+        "Seconds a one-time pairing code stays valid.",
+    ),
 )  # fmt: skip
 
 
@@ -146,6 +198,19 @@ class Settings:
     chat_timeout: int = 120
     context_tokens: int = 1024
     top_k: int = 5
+    mesh_enabled: bool = True
+    mesh_host: str = "0.0.0.0"
+    mesh_port: int = 7475
+    mesh_discovery: bool = True
+    mesh_peers: str = ""
+    mesh_ice_servers: str = ""
+    mesh_turn_username: str = ""
+    mesh_turn_password: str = ""
+    mesh_relay_only: bool = False
+    mesh_heartbeat_ms: int = 2000
+    mesh_max_message_bytes: int = 1024 * 1024
+    mesh_message_ttl: int = 7 * 24 * 3600
+    pairing_ttl: int = 600
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -22,12 +22,24 @@
     ├── InputError                  a user-supplied file or argument cannot be used
     ├── EmbeddingModelError         the embedding model or runtime cannot be used
     ├── VectorIndexError            a vector index backend cannot be used
-    └── LLMError                    a chat model or backend failed (bad answer, crash)
+    ├── LLMError                    a chat model or backend failed (bad answer, crash)
         ├── ModelUnavailableError   unknown model, package not installed, not on the server
         ├── ModelCorruptError       a model file fails its sha256 check or is not GGUF
         ├── ContextOverflowError    the prompt does not fit the model's context window
         ├── BackendUnavailableError the Ollama / OpenAI-compatible server cannot be reached
         └── BackendTimeoutError     the backend did not answer in time
+    └── MeshError                   peer-to-peer networking failed
+        ├── PairingError            pairing could not complete
+        │   ├── WrongCodeError      the one-time code does not match (the code is now burnt)
+        │   ├── CodeExpiredError    no such code, already used, or older than its lifetime
+        │   └── RateLimitedError    too many pairing attempts; wait and retry
+        ├── HandshakeError          a peer failed authentication (bad keys, replay, garbage)
+        │   ├── NotMemberError      the peer is not a device of this mind
+        │   └── RevokedDeviceError  the peer's device was revoked
+        ├── FrameError              a frame was truncated, oversized or failed decryption
+        ├── MessageError            an end-to-end message is too large, expired or tampered
+        ├── PeerUnreachableError    no link to the peer could be opened in time
+        └── RelayError              TURN/STUN refused (wrong credentials) or unreachable
 
 Every error has a stable machine-readable ``code`` that the HTTP API returns
 and the CLI prints; messages never contain user content beyond ids.
@@ -167,3 +179,61 @@ class VectorIndexError(KianaError):
 
     code = "vector_index_unavailable"
     http_status = 503
+
+
+class MeshError(KianaError):
+    code = "mesh_error"
+    http_status = 502
+
+
+class PairingError(MeshError):
+    code = "pairing_failed"
+    http_status = 400
+
+
+class WrongCodeError(PairingError):
+    code = "wrong_pairing_code"
+    http_status = 403
+
+
+class CodeExpiredError(PairingError):
+    code = "pairing_code_expired"
+    http_status = 410
+
+
+class RateLimitedError(PairingError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class HandshakeError(MeshError):
+    code = "handshake_failed"
+    http_status = 403
+
+
+class NotMemberError(HandshakeError):
+    code = "not_a_member"
+
+
+class RevokedDeviceError(HandshakeError):
+    code = "device_revoked"
+
+
+class FrameError(MeshError):
+    code = "bad_frame"
+    http_status = 400
+
+
+class MessageError(MeshError):
+    code = "bad_message"
+    http_status = 400
+
+
+class PeerUnreachableError(MeshError):
+    code = "peer_unreachable"
+    http_status = 504
+
+
+class RelayError(MeshError):
+    code = "relay_failed"
+    http_status = 502

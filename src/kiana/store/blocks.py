@@ -131,16 +131,55 @@ class BlockStore:
     def devices(self) -> list[Device]:
         rows = self.db.read(
             lambda c: c.all(
-                "SELECT device_id, sign_key, box_key, role, person, name, added, record"
-                " FROM devices ORDER BY added, device_id"
+                "SELECT device_id, sign_key, box_key, role, person, name, added, record,"
+                " revoked, last_seen FROM devices ORDER BY added, device_id"
             )
         )
         return [
             Device(
-                r[0], bytes.fromhex(r[1]), bytes.fromhex(r[2]), r[3], r[4], r[5], int(r[6]), r[7]
+                r[0],
+                bytes.fromhex(r[1]),
+                bytes.fromhex(r[2]),
+                r[3],
+                r[4],
+                r[5],
+                int(r[6]),
+                r[7],
+                None if r[8] is None else int(r[8]),
+                None if r[9] is None else int(r[9]),
             )
             for r in rows
         ]
+
+    def device(self, device_id: str) -> Device | None:
+        for d in self.devices():
+            if d.device_id == device_id:
+                return d
+        return None
+
+    def revoke_device(self, device_id: str, *, at: int, record: str) -> bool:
+        """Mark a device revoked (keeps its keys so its old blocks still verify)."""
+
+        def write(conn: Conn) -> bool:
+            cur = conn.execute(
+                "UPDATE devices SET revoked = ?, revoke_record = ?"
+                " WHERE device_id = ? AND revoked IS NULL",
+                (at, record, device_id),
+            )
+            return bool(cur.rowcount)
+
+        changed = self.db.write(write)
+        self._keys = None
+        return changed
+
+    def touch_device(self, device_id: str, at: int) -> None:
+        self.db.write(
+            lambda c: c.execute(
+                "UPDATE devices SET last_seen = ? WHERE device_id = ?"
+                " AND (last_seen IS NULL OR last_seen < ?)",
+                (at, device_id, at),
+            )
+        )
 
     def device_key(self, device_id: str) -> bytes | None:
         """Signing key of a known device: the ``KeyLookup`` used for verification."""

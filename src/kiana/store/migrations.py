@@ -146,6 +146,55 @@ CREATE TABLE embeddings (
 _EMBEDDINGS_INDEX = "CREATE INDEX embeddings_model ON embeddings (model, stored)"
 
 
+_MESH_TABLES = """
+ALTER TABLE devices ADD COLUMN revoked BIGINT;
+ALTER TABLE devices ADD COLUMN revoke_record TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN last_seen BIGINT;
+CREATE TABLE mesh_outbox (
+    msg_id TEXT PRIMARY KEY,
+    peer TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try BIGINT NOT NULL,
+    envelope {blob} NOT NULL
+);
+CREATE INDEX mesh_outbox_peer ON mesh_outbox (peer, created);
+CREATE TABLE mesh_inbox (
+    msg_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    received BIGINT NOT NULL,
+    body {blob} NOT NULL,
+    consumed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX mesh_inbox_pending ON mesh_inbox (consumed, received);
+CREATE TABLE mesh_seen (
+    sender TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    expires BIGINT NOT NULL,
+    PRIMARY KEY (sender, msg_id)
+);
+CREATE TABLE mesh_channels (
+    peer TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    next_seq BIGINT NOT NULL,
+    PRIMARY KEY (peer, channel, direction)
+);
+CREATE TABLE mesh_addresses (
+    address TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    added BIGINT NOT NULL
+);
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -232,6 +281,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TRIGGER embeddings_erase AFTER UPDATE OF erased ON blocks FOR EACH ROW"
             " WHEN (NEW.erased = 1) EXECUTE FUNCTION kiana_embeddings_erase()",
         ),
+    ),
+    Migration(
+        5,
+        "mesh: revocation and last-seen on devices, durable outbox/inbox, dedup, peer addresses",
+        sqlite=_split(_MESH_TABLES.format(blob="BLOB")),
+        postgres=_split(_MESH_TABLES.format(blob="BYTEA")),
     ),
 )
 

@@ -46,6 +46,12 @@ class Device:
     name: str
     added: int
     record: str  # the signed record that admitted the device (JSON)
+    revoked: int | None = None  # ms timestamp of revocation, None while a member
+    last_seen: int | None = None  # ms timestamp of the last authenticated contact
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
 
 
 @dataclass(frozen=True, slots=True)
