@@ -17,6 +17,7 @@ from typing import Any
 import anyio.from_thread
 import httpx
 from fastapi import FastAPI
+from tests.helpers_cli import QUIET_MESH
 
 from kiana.blocks import Block, make_block
 from kiana.config import Settings, load_settings
@@ -73,7 +74,7 @@ PROTECTED_TEMPLATES = {
 
 
 def make_home(tmp_path: Path, **env: str) -> Settings:
-    settings = load_settings(home=tmp_path / "home", environ=env)
+    settings = load_settings(home=tmp_path / "home", environ={**QUIET_MESH, **env})
     Node.init(settings, mind_name="Test mind", device_name="test-device").close()
     return settings
 

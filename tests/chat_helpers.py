@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from tests.helpers_cli import QUIET_MESH
 
 from kiana.api import create_app
 from kiana.api.serve import make_server
@@ -60,6 +61,7 @@ def chat_home(home: Path, cache: Path, **env: str) -> Settings:
         "KIANA_CHAT_MODEL": SMOLLM,
         "KIANA_CHAT_THREADS": CHAT_THREADS,
         "KIANA_CHAT_CONTEXT": "2048",
+        **QUIET_MESH,
         **env,
     }
     settings = load_settings(home=home, environ=environ)

@@ -22,6 +22,14 @@ from kiana.node import Node
 KIANA_ENV = frozenset({spec.env for spec in SETTINGS} | {"KIANA_HOME"})
 """Every environment variable that changes what ``kiana`` does."""
 
+# Tests never multicast in the root network namespace and never take the default mesh
+# port: every node a test starts outside a namespace gets these (netns tests override them).
+QUIET_MESH = {
+    "KIANA_MESH_DISCOVERY": "0",
+    "KIANA_MESH_PORT": "0",
+    "KIANA_MESH_HOST": "127.0.0.1",
+}
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -32,6 +40,7 @@ def strip_ansi(text: str) -> str:
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any ``KIANA_*`` setting or forced colour."""
     env = {k: v for k, v in os.environ.items() if k not in KIANA_ENV and k not in {"FORCE_COLOR"}}
+    env.update(QUIET_MESH)
     env.update(extra or {})
     return env
 

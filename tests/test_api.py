@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from tests.helpers_cli import QUIET_MESH
 
 from api_helpers import (
     FULL_ID,
@@ -280,7 +281,7 @@ def test_requests_outside_the_lifespan_get_503(settings: Settings) -> None:
 
 
 def test_lifespan_fails_cleanly_without_a_home(tmp_path: Path) -> None:
-    settings = load_settings(home=tmp_path / "empty", environ={})
+    settings = load_settings(home=tmp_path / "empty", environ=QUIET_MESH)
     app = create_app(settings)
 
     async def start() -> None:

@@ -15,13 +15,21 @@ from typing import Any
 from fastapi import FastAPI
 
 from kiana import __version__
-from kiana.api import routes_blocks, routes_chat, routes_openai, routes_system, routes_transfer
+from kiana.api import (
+    routes_blocks,
+    routes_chat,
+    routes_mesh,
+    routes_openai,
+    routes_system,
+    routes_transfer,
+)
 from kiana.api.auth import BearerAuthMiddleware
 from kiana.api.deps import ChatRuntime, Runtime
 from kiana.api.errors import OPENAI_PREFIX, install_error_handlers
 from kiana.api.limits import BodyLimitMiddleware
 from kiana.config import Settings
 from kiana.home import read_token
+from kiana.mesh.service import MeshService
 from kiana.node import Node
 from kiana.offload import Offloader
 
@@ -80,14 +88,27 @@ def create_app(
             await asyncio.to_thread(off.close)
             raise
         chat = ChatRuntime(current)
+        mesh: MeshService | None = None
+        if settings.mesh_enabled:
+            mesh = MeshService(current, settings)
+            try:
+                await mesh.start()
+            except BaseException:
+                await mesh.stop()
+                if node is None:
+                    await off.write(current.close)
+                await asyncio.to_thread(off.close)
+                raise
         app.state.runtime = Runtime(
-            settings=settings, node=current, off=off, token=token, chat=chat
+            settings=settings, node=current, off=off, token=token, chat=chat, mesh=mesh
         )
         try:
             yield
         finally:
             app.state.runtime = None
             try:
+                if mesh is not None:
+                    await mesh.stop()
                 await chat.close()  # cancels running answers, closes the chat model
             finally:
                 try:
@@ -108,6 +129,7 @@ def create_app(
     app.include_router(routes_blocks.router, prefix=API_PREFIX)
     app.include_router(routes_transfer.router, prefix=API_PREFIX)
     app.include_router(routes_chat.router, prefix=API_PREFIX)
+    app.include_router(routes_mesh.router, prefix=API_PREFIX)
     app.include_router(routes_openai.router)
 
     open_paths = {"/healthz", "/readyz"}

@@ -21,6 +21,7 @@ from kiana.offload import Offloader
 
 if TYPE_CHECKING:
     from kiana.assistant.engine import Assistant
+    from kiana.mesh.service import MeshService
 
 T = TypeVar("T")
 
@@ -95,6 +96,7 @@ class Runtime:
     off: Offloader
     token: str | None  # None only when settings.api_require_token is False
     chat: ChatRuntime
+    mesh: MeshService | None = None  # None when mesh.enabled is false
 
 
 def runtime_of(app: Starlette) -> Runtime:

@@ -11,9 +11,8 @@ from fastapi.responses import JSONResponse
 
 from kiana.api.deps import Rt, runtime_of
 from kiana.api.errors import error_response
-from kiana.api.schemas import DevicesOut, ErrorOut, HealthOut, StatusOut
+from kiana.api.schemas import ErrorOut, HealthOut, StatusOut
 from kiana.errors import KianaError
-from kiana.store import Device
 
 log = logging.getLogger("kiana.api")
 
@@ -50,25 +49,3 @@ async def readyz(request: Request) -> Any:
 @system.get("/status", summary="Mind, device, storage and block counts", response_model=StatusOut)
 async def status(rt: Rt) -> dict[str, Any]:
     return await rt.off.read(rt.node.status)
-
-
-@system.get(
-    "/devices",
-    summary="Devices that belong to this mind (public keys only)",
-    response_model=DevicesOut,
-)
-async def devices(rt: Rt) -> dict[str, Any]:
-    found = await rt.off.read(rt.node.store.devices)
-    return {"devices": [_device(d) for d in found]}
-
-
-def _device(d: Device) -> dict[str, Any]:
-    return {
-        "device_id": d.device_id,
-        "name": d.name,
-        "role": d.role,
-        "person": d.person,
-        "added": d.added,
-        "sign_key": d.sign_key.hex(),
-        "box_key": d.box_key.hex(),
-    }

@@ -11,7 +11,14 @@ from pathlib import Path
 import click
 
 from kiana import __version__
-from kiana.cli import cmd_assistant, cmd_blocks, cmd_memory, cmd_system, cmd_transfer
+from kiana.cli import (
+    cmd_assistant,
+    cmd_blocks,
+    cmd_memory,
+    cmd_mesh,
+    cmd_system,
+    cmd_transfer,
+)
 from kiana.cli.context import CliState, KianaGroup
 
 
@@ -29,7 +36,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = CliState(home=home)
 
 
-for module in (cmd_system, cmd_memory, cmd_blocks, cmd_transfer, cmd_assistant):
+for module in (cmd_system, cmd_memory, cmd_blocks, cmd_transfer, cmd_assistant, cmd_mesh):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -1,0 +1,110 @@
+"""Request and response models of the mesh routes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class MeshDeviceOut(BaseModel):
+    device_id: str
+    name: str
+    role: str
+    person: str
+    added: int
+    sign_key: str = Field(description="Ed25519 public key, hex.")
+    box_key: str = Field(description="X25519 public key, hex.")
+    revoked: int | None = Field(None, description="When the device was revoked (ms), or null.")
+    last_seen: int | None = Field(None, description="Last authenticated contact (ms), or null.")
+    state: str | None = Field(None, description="connecting, up, suspect or down; null if unknown.")
+    link: str | None = Field(None, description="direct or relayed, while a link is up.")
+    rtt_ms: float | None = None
+
+
+class MeshDevicesOut(BaseModel):
+    this_device: str
+    devices: list[MeshDeviceOut]
+
+
+class RevokeOut(BaseModel):
+    device_id: str
+    revoked: int
+
+
+class PeerOut(BaseModel):
+    device: str
+    name: str
+    state: str
+    link: str | None
+    remote: str | None
+    rtt_ms: float | None
+    since: int | None
+    bytes_in: int
+    bytes_out: int
+    addresses: list[str]
+    last_error: str | None
+
+
+class PeersOut(BaseModel):
+    port: int
+    peers: list[PeerOut]
+
+
+class AddressIn(BaseModel):
+    address: str = Field(min_length=1, max_length=300, examples=["192.168.1.20:7475"])
+
+
+class AddressOut(BaseModel):
+    address: str
+
+
+class InviteIn(BaseModel):
+    ttl_s: int | None = Field(None, ge=10, le=3600, description="Lifetime of the code.")
+    role: Literal["member", "authority"] = "member"
+
+
+class InviteOut(BaseModel):
+    code: str = Field(examples=["7-crane-orbit"])
+    nameplate: int
+    expires: int
+    port: int
+
+
+class PairingStateOut(BaseModel):
+    nameplate: int
+    state: Literal["waiting", "joined", "failed", "expired"]
+    device: str | None = None
+    name: str | None = None
+    error: str | None = None
+
+
+class MessageIn(BaseModel):
+    to: str = Field(pattern=r"^[a-z2-7]{4}(-[a-z2-7]{4}){3}$")
+    channel: str = Field(min_length=5, max_length=64, pattern=r"^[a-z0-9._-]+$")
+    text: str = Field(max_length=1024 * 1024)
+    ttl_s: int | None = Field(None, ge=1, le=30 * 24 * 3600)
+    ordered: bool = False
+
+
+class MessageOut(BaseModel):
+    id: str
+
+
+class InboxMessage(BaseModel):
+    id: str
+    sender: str
+    channel: str
+    seq: int
+    created: int
+    text: str
+    body_b64: str
+
+
+class InboxOut(BaseModel):
+    messages: list[InboxMessage]
+
+
+class PingOut(BaseModel):
+    device_id: str
+    rtt_ms: float
