@@ -1,0 +1,351 @@
+"""Local discovery of this mind's devices over mDNS/DNS-SD (python-zeroconf, asyncio).
+
+Every node advertises ``<device id>._kiana._tcp.local.`` with the TXT record
+``{"v": "1", "m": <mind tag>, "d": <device id>}`` and the mesh port, and browses
+the same type. A service whose mind tag equals ours (and whose device is not
+ours) is reported as a :class:`PeerSeen`; everything else on the link is ignored.
+
+What a neighbour on the LAN learns: that a KI_ana device is there, its device id
+and an opaque 16-hex mind tag, which links devices of the same mind but names
+neither the mind nor its owner. While an invitation is open, the inviter adds
+``{"pair": <nameplate hash>}`` so a joiner (which has no mind tag yet) can find
+it. The nameplate is hashed so it is not shown in clear, but with only 999
+nameplates this is obfuscation, not secrecy: the pairing code's words are the
+secret (see ``pairing``).
+
+The caller decides whether discovery runs at all (``mesh.discovery``). Nothing
+here is started at import time; :meth:`Discovery.start` opens the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import ifaddr
+from zeroconf import (
+    BadTypeInNameException,
+    DNSQuestionType,
+    IPVersion,
+    NotRunningException,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from kiana.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_kiana._tcp.local."
+TXT_VERSION = "1"
+_TAG_MESSAGE = b"kiana-mdns-tag-v1"
+_PAIR_KEY = b"kiana-mdns-pair-v1"
+
+START_TIMEOUT_S = 5.0
+"""Longest wait for zeroconf to start or to register/update/unregister a service."""
+RESOLVE_TIMEOUT_S = 3.0
+"""Longest wait for a seen service's SRV/TXT/A records."""
+BROWSE_INTERVAL_MS = 10_000
+"""Minimum time between zeroconf's periodic PTR queries (its default)."""
+
+
+def mind_tag(mind_id: str) -> str:
+    """An opaque tag shared by the devices of one mind: HMAC-SHA256(mind id, domain)[:16 hex]."""
+    return hmac.new(mind_id.encode("utf-8"), _TAG_MESSAGE, hashlib.sha256).hexdigest()[:16]
+
+
+def nameplate_hash(nameplate: int) -> str:
+    """The ``pair`` TXT value for an open invitation: the nameplate, not in clear."""
+    return hmac.new(_PAIR_KEY, str(nameplate).encode("ascii"), hashlib.sha256).hexdigest()[:16]
+
+
+def txt_properties(tag: str, device_id: str, pairing: str | None = None) -> dict[str, str]:
+    """The TXT record a device advertises; nothing in it names the mind or a person."""
+    props = {"v": TXT_VERSION, "m": tag, "d": device_id}
+    if pairing is not None:
+        props["pair"] = pairing
+    return props
+
+
+def local_ipv4_addresses() -> tuple[str, ...]:
+    """Every non-loopback IPv4 address of this host's interfaces, sorted."""
+    found: set[str] = set()
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4 and isinstance(ip.ip, str):
+                addr = ipaddress.IPv4Address(ip.ip)
+                if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
+                    found.add(ip.ip)
+    return tuple(sorted(found, key=ipaddress.IPv4Address))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSeen:
+    """A device of this mind announced on the local network."""
+
+    device_id: str
+    addresses: tuple[str, ...]
+    port: int
+    pairing: bool
+
+
+def service_name(device_id: str) -> str:
+    return f"{device_id}.{SERVICE_TYPE}"
+
+
+def _short(device_id: str) -> str:
+    return device_id[:4]
+
+
+def _make_info(
+    device_id: str, port: int, addresses: Sequence[str], props: dict[str, str]
+) -> AsyncServiceInfo:
+    return AsyncServiceInfo(
+        SERVICE_TYPE,
+        service_name(device_id),
+        port=port,
+        properties=props,
+        server=f"kiana-{device_id}.local.",
+        parsed_addresses=list(addresses),
+    )
+
+
+def _open_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf:
+    try:
+        if interfaces is None:
+            return AsyncZeroconf(ip_version=IPVersion.V4Only)
+        return AsyncZeroconf(interfaces=list(interfaces), ip_version=IPVersion.V4Only)
+    except OSError as exc:
+        raise MeshError(f"mDNS is unavailable on this host: {exc.strerror or exc}") from exc
+
+
+async def _wait_started(azc: AsyncZeroconf) -> None:
+    try:
+        await azc.zeroconf.async_wait_for_start(timeout=START_TIMEOUT_S)
+    except NotRunningException as exc:
+        raise MeshError("mDNS did not start in time") from exc
+
+
+async def _close_zeroconf(azc: AsyncZeroconf, browser: AsyncServiceBrowser | None) -> None:
+    """Stop browsing, send goodbyes and close; at most START_TIMEOUT_S, then just close."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            if browser is not None:
+                await browser.async_cancel()
+            await azc.async_close()
+    except TimeoutError:
+        log.debug("mdns: close timed out; sockets closed without goodbye")
+        azc.zeroconf.close()
+
+
+async def _resolve(zc: Zeroconf, name: str) -> AsyncServiceInfo | None:
+    """The service's records from the cache, or asked for (at most RESOLVE_TIMEOUT_S)."""
+    info = AsyncServiceInfo(SERVICE_TYPE, name)
+    found = await info.async_request(zc, RESOLVE_TIMEOUT_S * 1000, question_type=DNSQuestionType.QU)
+    return info if found else None
+
+
+def _text(info: AsyncServiceInfo, key: str) -> str | None:
+    return info.decoded_properties.get(key)
+
+
+class Discovery:
+    """Advertise this device and report the mind's other devices seen on the LAN.
+
+    ``on_peer`` is called (on the event loop) whenever a device of the same
+    mind appears or its advertisement changes (addresses, port, pairing).
+    ``addresses`` are the IPv4 addresses to announce (default: every
+    non-loopback IPv4 address of the host); ``interfaces`` the addresses
+    zeroconf listens on (default: all).
+    """
+
+    def __init__(
+        self,
+        *,
+        mind_id: str,
+        device_id: str,
+        port: int,
+        on_peer: Callable[[PeerSeen], None],
+        addresses: Sequence[str] | None = None,
+        interfaces: Sequence[str] | None = None,
+    ) -> None:
+        self.tag = mind_tag(mind_id)
+        self.device_id = device_id
+        self.port = port
+        self.on_peer = on_peer
+        self.addresses = tuple(addresses) if addresses is not None else None
+        self.interfaces = tuple(interfaces) if interfaces is not None else None
+        self._azc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._pairing: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._broadcast: Awaitable[object] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._azc is not None
+
+    def _service_info(self) -> AsyncServiceInfo:
+        addresses = self.addresses if self.addresses is not None else local_ipv4_addresses()
+        props = txt_properties(self.tag, self.device_id, self._pairing)
+        return _make_info(self.device_id, self.port, addresses, props)
+
+    async def start(self) -> None:
+        """Open mDNS, announce this device and start browsing. ``MeshError`` on failure."""
+        if self._azc is not None:
+            return
+        azc = _open_zeroconf(self.interfaces)
+        self._azc = azc
+        try:
+            await _wait_started(azc)
+            # Browse first so answers to our own startup queries are not missed.
+            self._browser = AsyncServiceBrowser(
+                azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change], delay=BROWSE_INTERVAL_MS
+            )
+            self._info = self._service_info()
+            # The instance name is the device id, derived from the device's key, so it
+            # is unique by construction: skip the probe (~1 s) and announce at once.
+            async with asyncio.timeout(START_TIMEOUT_S):
+                self._broadcast = await azc.async_register_service(
+                    self._info, cooperating_responders=True
+                )
+        except (TimeoutError, BadTypeInNameException, OSError) as exc:
+            await self.close()
+            raise MeshError("could not announce this device over mDNS") from exc
+        except BaseException:
+            await self.close()
+            raise
+        log.debug("mdns: announcing device %s on port %d", _short(self.device_id), self.port)
+
+    async def advertise_pairing(self, nameplate: int) -> None:
+        """Add the hashed nameplate of an open invitation to this device's advertisement."""
+        await self._set_pairing(nameplate_hash(nameplate))
+
+    async def stop_pairing(self) -> None:
+        """Remove the pairing advertisement (the invitation was used, expired or cancelled)."""
+        await self._set_pairing(None)
+
+    async def _set_pairing(self, value: str | None) -> None:
+        if value == self._pairing:
+            return
+        self._pairing = value
+        if self._azc is None or self._info is None:
+            return
+        self._info = self._service_info()
+        self._cancel_broadcast()  # or its repeats would re-announce the old TXT record
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                self._broadcast = await self._azc.async_update_service(self._info)
+        except TimeoutError as exc:
+            raise MeshError("could not update the mDNS advertisement in time") from exc
+
+    def _cancel_broadcast(self) -> None:
+        """Stop the repeats of the last announcement (zeroconf sends three, 225 ms apart)."""
+        broadcast, self._broadcast = self._broadcast, None
+        if isinstance(broadcast, asyncio.Future):
+            broadcast.cancel()
+
+    async def close(self) -> None:
+        """Withdraw the advertisement (goodbye packets), stop browsing, close the sockets."""
+        self._cancel_broadcast()
+        azc, self._azc = self._azc, None
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if azc is None:
+            return
+        browser, self._browser = self._browser, None
+        self._info = None
+        await _close_zeroconf(azc, browser)
+
+    def _on_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        if state_change is ServiceStateChange.Removed or self._azc is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._report(zeroconf, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, zc: Zeroconf, name: str) -> None:
+        info = await _resolve(zc, name)
+        if info is None:
+            log.debug("mdns: a service did not resolve in time")
+            return
+        device = _text(info, "d")
+        if _text(info, "v") != TXT_VERSION or _text(info, "m") != self.tag or not device:
+            return  # another mind, another version, or not ours to read
+        if device == self.device_id or info.port is None:
+            return
+        peer = PeerSeen(
+            device_id=device,
+            addresses=tuple(info.parsed_addresses(IPVersion.V4Only)),
+            port=info.port,
+            pairing=_text(info, "pair") is not None,
+        )
+        log.debug("mdns: saw device %s (%d addresses)", _short(device), len(peer.addresses))
+        self.on_peer(peer)
+
+
+async def find_pairing_host(
+    nameplate: int,
+    timeout_s: float,
+    *,
+    interfaces: Sequence[str] | None = None,
+) -> tuple[str, int] | None:
+    """For a joiner: the (address, port) of a device advertising ``nameplate``, or None.
+
+    Browses ``_kiana._tcp`` for at most ``timeout_s`` seconds and returns the first
+    service whose ``pair`` value matches, whatever its mind.
+    """
+    wanted = nameplate_hash(nameplate)
+    azc = _open_zeroconf(interfaces)
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[tuple[str, int]] = loop.create_future()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def check(zc: Zeroconf, name: str) -> None:
+        info = await _resolve(zc, name)
+        if info is None or info.port is None or _text(info, "pair") != wanted:
+            return
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        if addresses and not found.done():
+            found.set_result((addresses[0], info.port))
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is not ServiceStateChange.Removed:
+            task = loop.create_task(check(zeroconf, name))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    browser: AsyncServiceBrowser | None = None
+    try:
+        await _wait_started(azc)
+        browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await found
+        except TimeoutError:
+            return None
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close_zeroconf(azc, browser)
