@@ -83,6 +83,26 @@ def initialise_home(
     return keys, genesis
 
 
+def initialise_joined_home(settings: Settings, keys: DeviceKeys, genesis: Genesis) -> None:
+    """Write keys, an existing mind's genesis, token and config for a device that joined
+    by pairing. Refuses an already initialised home."""
+    layout = HomeLayout(settings.home)
+    if layout.is_initialised():
+        raise HomeError(
+            f"{settings.home} already holds a KI_ana mind; refusing to overwrite it. "
+            "Use another KIANA_HOME (or --home) to join another mind."
+        )
+    try:
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(f"cannot create {settings.home}: {exc.strerror}") from exc
+    keys.save(layout.keys)
+    _write_private(layout.genesis, genesis_json(genesis).encode(), mode=0o644)
+    _write_private(layout.token, secrets.token_urlsafe(32).encode(), mode=0o600)
+    if not layout.config.exists():
+        write_default_config(layout.config)
+
+
 def genesis_json(genesis: Genesis) -> str:
     return json.dumps(genesis.to_dict(), sort_keys=True, indent=2) + "\n"
 
