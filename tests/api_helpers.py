@@ -51,6 +51,18 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("DELETE", "/api/v1/conversations/c-0123456789abcdef", {}),
     ("GET", "/api/v1/models", {}),
     ("POST", "/api/v1/reindex", {}),
+    ("POST", "/api/v1/devices/aaaa-bbbb-cccc-dddd/revoke", {}),
+    ("GET", "/api/v1/mesh/peers", {}),
+    ("POST", "/api/v1/mesh/peers", {"json": {"address": "10.0.0.1:7475"}}),
+    ("POST", "/api/v1/mesh/pairing", {"json": {}}),
+    ("GET", "/api/v1/mesh/pairing/7", {}),
+    (
+        "POST",
+        "/api/v1/mesh/messages",
+        {"json": {"to": "aaaa-bbbb-cccc-dddd", "channel": "app.x", "text": "secret"}},
+    ),
+    ("GET", "/api/v1/mesh/inbox", {}),
+    ("POST", "/api/v1/mesh/ping/aaaa-bbbb-cccc-dddd", {}),
 ]
 PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/status"),
@@ -68,6 +80,14 @@ PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/conversations"),
     ("GET", "/api/v1/conversations/{conversation_id}"),
     ("DELETE", "/api/v1/conversations/{conversation_id}"),
+    ("POST", "/api/v1/devices/{device_id}/revoke"),
+    ("GET", "/api/v1/mesh/peers"),
+    ("POST", "/api/v1/mesh/peers"),
+    ("POST", "/api/v1/mesh/pairing"),
+    ("GET", "/api/v1/mesh/pairing/{nameplate}"),
+    ("POST", "/api/v1/mesh/messages"),
+    ("GET", "/api/v1/mesh/inbox"),
+    ("POST", "/api/v1/mesh/ping/{device_id}"),
     ("GET", "/api/v1/models"),
     ("POST", "/api/v1/reindex"),
 }

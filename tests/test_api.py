@@ -81,6 +81,7 @@ def assert_unchanged(api: ApiClient, before: dict[str, Any]) -> None:
 # -- every route is tested ---------------------------------------------------------------
 
 CHAT, OPENAI = "test_api_chat::", "test_api_openai::"  # "module::test": in another module
+MESH = "test_api_mesh::"
 ROUTE_TESTS = {
     ("GET", "/healthz"): "test_health_routes_are_open",
     ("GET", "/readyz"): "test_health_routes_are_open",
@@ -105,6 +106,14 @@ ROUTE_TESTS = {
     ("DELETE", "/api/v1/conversations/{conversation_id}"): CHAT + "test_conversations",
     ("GET", "/api/v1/models"): CHAT + "test_models_and_reindex",
     ("POST", "/api/v1/reindex"): CHAT + "test_models_and_reindex",
+    ("POST", "/api/v1/devices/{device_id}/revoke"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("GET", "/api/v1/mesh/peers"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("POST", "/api/v1/mesh/peers"): MESH + "test_mesh_routes_reject_bad_input",
+    ("POST", "/api/v1/mesh/pairing"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("GET", "/api/v1/mesh/pairing/{nameplate}"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("POST", "/api/v1/mesh/messages"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("GET", "/api/v1/mesh/inbox"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("POST", "/api/v1/mesh/ping/{device_id}"): MESH + "test_pair_link_message_ping_and_revoke",
     ("GET", "/v1/models"): OPENAI + "test_models_list",
     ("POST", "/v1/chat/completions"): OPENAI + "test_chat_completion",
     ("POST", "/v1/embeddings"): OPENAI + "test_embeddings",
