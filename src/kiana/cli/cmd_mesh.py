@@ -8,6 +8,7 @@ listener itself for the life of the code.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -74,7 +75,8 @@ def pair(state: CliState, ttl_s: int | None, role: str, no_qr: bool, as_json: bo
 
 def _announce(info: dict[str, Any], *, as_json: bool, qr: bool) -> None:
     if as_json:
-        print_json(info)
+        # One line, flushed: a script reads the code while the command keeps waiting.
+        click.echo(json.dumps(info))
     else:
         _print_invite(info, qr=qr)
         err.print("waiting for the new device… (Ctrl-C to cancel)")
@@ -108,7 +110,7 @@ async def _pair_locally(
 
 def _finish(result: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        print_json(result)
+        click.echo(json.dumps(result))
     if result["state"] == "joined":
         if not as_json:
             out.print(
