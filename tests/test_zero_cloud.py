@@ -12,6 +12,12 @@ show, and ``kiana serve`` answering real HTTP requests):
 (b) the whole sequence runs inside a fresh network namespace whose only
     interface is ``lo``: with no network at all, everything still works.
 
+In the root namespace the mesh's mDNS is switched off (tests never multicast
+there, see helpers_cli.QUIET_MESH). Inside the namespace the node runs with its
+true defaults: mesh listening on 0.0.0.0:7475 and mDNS on; the only traffic
+allowed beyond loopback is then mDNS to the link-local group 224.0.0.251:5353,
+which no router forwards. No STUN server or any other address is contacted.
+
 Nothing here touches the root namespace's network configuration or sends a
 packet anywhere but loopback.
 """
@@ -155,7 +161,7 @@ def is_local(record: dict[str, Any]) -> bool:
 class Sandbox:
     """A place to run the command sequence: the audit hook, and an optional command prefix."""
 
-    def __init__(self, root: Path, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, prefix: Sequence[str] = (), *, defaults: bool = False) -> None:
         self.root = root
         self.prefix = list(prefix)
         self.home = root / "home"
@@ -166,6 +172,14 @@ class Sandbox:
         (root / "client.py").write_text(CLIENT, encoding="utf-8")
         pythonpath = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)
         self.env = {AUDIT_ENV: str(self.log), "PYTHONPATH": pythonpath}
+        if defaults:  # undo helpers_cli.QUIET_MESH: the shipped defaults of every setting
+            self.env.update(
+                {
+                    "KIANA_MESH_DISCOVERY": "1",
+                    "KIANA_MESH_PORT": "7475",
+                    "KIANA_MESH_HOST": "0.0.0.0",
+                }
+            )
 
     def kiana(self, *args: object) -> subprocess.CompletedProcess[str]:
         proc = run_kiana(self.home, *args, env=self.env, prefix=self.prefix)
@@ -266,7 +280,22 @@ def run_sequence(box: Sandbox, *, from_test_process: bool) -> dict[str, Any]:
     return {"port": port, "server_pid": server.pid}
 
 
-def check_audit(box: Sandbox, port: int, server_pid: int) -> None:
+MDNS_GROUP = ("224.0.0.251", 5353)
+
+
+def is_lan_discovery(record: dict[str, Any]) -> bool:
+    """mDNS to the link-local group, or binding a listener on the wildcard address."""
+    address = record["address"]
+    if not isinstance(address, list) or len(address) < 2:
+        return False
+    if record["event"] in ("socket.sendto", "socket.sendmsg"):
+        return (address[0], address[1]) == MDNS_GROUP
+    if record["event"] == "socket.bind":
+        return address[0] in ("0.0.0.0", "", "::")
+    return False
+
+
+def check_audit(box: Sandbox, port: int, server_pid: int, *, lan_discovery: bool = False) -> None:
     records = box.records()
     assert records, "the audit hook recorded nothing: it is not installed"
 
@@ -283,6 +312,16 @@ def check_audit(box: Sandbox, port: int, server_pid: int) -> None:
     ), "no connection was audited"
 
     remote = [r for r in records if not is_local(r)]
+    if lan_discovery:
+        # positive controls: the mesh listened with its defaults and mDNS started
+        binds = {
+            tuple(r["address"][:2])
+            for r in records
+            if r["pid"] == server_pid and r["event"] == "socket.bind"
+        }
+        assert ("0.0.0.0", 7475) in binds, binds
+        assert any(b[1] == MDNS_GROUP[1] for b in binds), binds
+        remote = [r for r in remote if not is_lan_discovery(r)]
     assert remote == [], "non-loopback network activity"
     # kiana itself never connects anywhere, not even to loopback
     assert [r for r in kiana_records if r["event"] == "socket.connect"] == []
@@ -359,6 +398,6 @@ def test_node_works_with_no_network_at_all(tmp_path: Path, netns: list[str]) -> 
     ).stdout
     assert routes.strip() == "", "the namespace must have no route off this machine"
 
-    box = Sandbox(tmp_path, prefix=netns)
+    box = Sandbox(tmp_path, prefix=netns, defaults=True)
     seen = run_sequence(box, from_test_process=False)
-    check_audit(box, seen["port"], seen["server_pid"])
+    check_audit(box, seen["port"], seen["server_pid"], lan_discovery=True)
