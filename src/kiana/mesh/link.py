@@ -123,6 +123,7 @@ class Link:
         self._events: deque[LinkEvent] = deque()
         self._partial = bytearray()
         self._started = False
+        self._confirmed = True
 
     # -- handshake ---------------------------------------------------------------
 
@@ -181,7 +182,13 @@ class Link:
         self.state = LinkState.UP
         self.health.on_up(now)
         assert self.peer is not None
-        self._events.append(LinkUp(self.peer))
+        if self.initiator:
+            # The responder may still refuse message 3 (e.g. it knows we were revoked): the
+            # link counts as up only once its first encrypted frame proves it accepted us.
+            self._confirmed = False
+        else:
+            self._events.append(LinkUp(self.peer))
+            self._send_frame(PING + now.to_bytes(8, "big"))  # the initiator's confirmation
 
     # -- input -------------------------------------------------------------------
 
@@ -200,6 +207,10 @@ class Link:
     def _record(self, frame: bytes, now: int) -> None:
         assert self._recv is not None
         plain = self._recv.decrypt_with_ad(b"", frame)
+        if not self._confirmed:
+            self._confirmed = True
+            assert self.peer is not None
+            self._events.append(LinkUp(self.peer))
         if not plain or plain[0] not in (0, 1):
             raise FrameError("a link record has an invalid header")
         self._partial += plain[1:]
@@ -236,8 +247,13 @@ class Link:
 
     # -- output ------------------------------------------------------------------
 
+    @property
+    def confirmed(self) -> bool:
+        """Up, and (for the initiator) accepted by the peer."""
+        return self.state is LinkState.UP and self._confirmed
+
     def send(self, payload: bytes) -> None:
-        """Queue a messenger frame (``M…``/``A…``) for the peer."""
+        """Queue a messenger frame (``M…``/``A…``/``S…``) for the peer."""
         if self.state is not LinkState.UP:
             raise MeshError("the link is not up")
         if payload[:1] not in DATA_TYPES:

@@ -86,6 +86,11 @@ class MeshService:
             rng=self.rng,
             max_body=self.settings.mesh_max_message_bytes,
             default_ttl_ms=self.settings.mesh_message_ttl * 1000,
+            # Links are reliable (TCP, SCTP): a message sent on a live link is lost only if
+            # the link dies, and a new link makes everything queued due at once. So retries
+            # on a live link are rare and slow, never a flood of 1 MiB copies on a slow path.
+            retry_base_ms=10_000,
+            retry_cap_ms=60_000,
         )
         self.pairing = PairingService(self)
         self.peers: dict[str, _Peer] = {}
@@ -134,6 +139,8 @@ class MeshService:
 
     async def stop(self) -> None:
         self._closing = True
+        if self._server is not None:
+            self._server.close()  # no new connections while we wind down
         for peer in self.peers.values():
             if peer.link is not None:
                 peer.link.close("node shutting down")
@@ -368,6 +375,10 @@ class MeshService:
     # -- serving links ---------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # tracked, so stop() ends it before the store thread goes
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         stream = FramedStream(reader, writer, max_frame=self.max_frame)
         try:
             purpose = await read_preamble(reader)
@@ -439,6 +450,9 @@ class MeshService:
             if isinstance(event, LinkUp):
                 await self._link_up(state, event.peer)
             elif isinstance(event, LinkData):
+                peer = self.peers.get(state.peer or "")
+                if peer is not None and peer.link is state.link and peer.backoff is not None:
+                    peer.backoff.reset()  # the peer talks to us: the link is really good
                 await self._on_data(state.peer, event.payload)
             elif isinstance(event, LinkHealth):
                 log.info("peer health: %s", event.state.value)
@@ -477,8 +491,6 @@ class MeshService:
         peer.remote = state.stream.remote
         peer.since = now_ms()
         peer.last_error = ""
-        if peer.backoff is not None:
-            peer.backoff.reset()
         if state.up is not None and not state.up.done():
             state.up.set_result(device)
         now = now_ms()
@@ -555,7 +567,7 @@ class MeshService:
         box_key = self.directory.box_key(to)
         if box_key is None:
             raise MeshError(f"device {to} is not an active member")
-        frame = encode_signal(self.node.keys, box_key, self.node.device_id, to, body, self.rng)
+        frame = encode_signal(self.node.keys, box_key, self.node.device_id, to, body)
         sent = 0
         for peer in self.peers.values():
             if peer.link is not None and peer.link.state.value == "up":

@@ -8,7 +8,7 @@ recipient checks that the sealed body names the same id, sender and recipient.
 from __future__ import annotations
 
 import json
-import random
+import secrets
 
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PublicKey
@@ -20,10 +20,9 @@ SIGNAL_FRAME = b"S"
 MAX_SIGNAL = 64 * 1024
 
 
-def encode_signal(
-    keys: DeviceKeys, box_key: bytes, sender: str, to: str, body: bytes, rng: random.Random
-) -> bytes:
-    signal_id = f"{rng.getrandbits(96):024x}"
+def encode_signal(keys: DeviceKeys, box_key: bytes, sender: str, to: str, body: bytes) -> bytes:
+    # Random from the OS, never from a seeded generator: forwarders drop repeated ids.
+    signal_id = secrets.token_hex(12)
     header = json.dumps({"id": signal_id, "from": sender, "to": to}).encode()
     sealed = Box(keys.box, PublicKey(box_key)).encrypt(header + b"\n" + body)
     if len(sealed) > MAX_SIGNAL:

@@ -58,8 +58,14 @@ class FramedStream:
             raise FrameError("the connection ended inside a frame (truncated)") from exc
 
     def write_frames(self, frames: list[bytes]) -> None:
-        if frames:
+        if not frames:
+            return
+        if self.writer.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        try:
             self.writer.writelines(b for f in frames for b in (_LEN.pack(len(f)), f))
+        except RuntimeError as exc:  # uvloop: "...; the handler is closed"
+            raise ConnectionResetError("the connection is closed") from exc
 
     async def drain(self) -> None:
         await self.writer.drain()

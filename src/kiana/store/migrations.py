@@ -146,6 +146,17 @@ CREATE TABLE embeddings (
 _EMBEDDINGS_INDEX = "CREATE INDEX embeddings_model ON embeddings (model, stored)"
 
 
+_CRDT_OPS = """
+CREATE TABLE crdt_ops (
+    replica TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    lamport BIGINT NOT NULL,
+    op TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (replica, seq)
+);
+"""
+
 _MESH_TABLES = """
 ALTER TABLE devices ADD COLUMN revoked BIGINT;
 ALTER TABLE devices ADD COLUMN revoke_record TEXT NOT NULL DEFAULT '';
@@ -162,6 +173,8 @@ CREATE TABLE mesh_outbox (
     envelope {blob} NOT NULL
 );
 CREATE INDEX mesh_outbox_peer ON mesh_outbox (peer, created);
+CREATE INDEX mesh_outbox_due ON mesh_outbox (peer, next_try);
+CREATE INDEX mesh_outbox_expires ON mesh_outbox (expires);
 CREATE TABLE mesh_inbox (
     msg_id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
@@ -191,6 +204,23 @@ CREATE TABLE mesh_addresses (
     device_id TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL,
     added BIGINT NOT NULL
+);
+"""
+
+
+_LEDGER_TABLES = """
+CREATE TABLE ledger_blocks (
+    hash TEXT PRIMARY KEY,
+    height BIGINT NOT NULL,
+    parent TEXT NOT NULL,
+    data TEXT NOT NULL,
+    total_difficulty BIGINT NOT NULL
+);
+CREATE INDEX ledger_blocks_height ON ledger_blocks (height);
+CREATE TABLE ledger_pending (
+    record_id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    data TEXT NOT NULL
 );
 """
 
@@ -287,6 +317,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "mesh: revocation and last-seen on devices, durable outbox/inbox, dedup, peer addresses",
         sqlite=_split(_MESH_TABLES.format(blob="BLOB")),
         postgres=_split(_MESH_TABLES.format(blob="BYTEA")),
+    ),
+    Migration(
+        6,
+        "shared state: CRDT op log",
+        # One row per op of kiana.sync.crdt: held = 1 while an earlier op of the
+        # same replica is missing. The state is rebuilt from this log on open.
+        sqlite=_split(_CRDT_OPS),
+        postgres=_split(_CRDT_OPS),
+    ),
+    Migration(
+        7,
+        "ledger: sealed blocks (every branch, with total difficulty) and the pending pool",
+        # kiana.ledger.store: blocks are canonical JSON, verified again from genesis on open.
+        sqlite=_split(_LEDGER_TABLES),
+        postgres=_split(_LEDGER_TABLES),
     ),
 )
 
