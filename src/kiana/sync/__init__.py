@@ -1,0 +1,1 @@
+"""Sync: set reconciliation, block transfer, shared state."""
