@@ -21,6 +21,7 @@ from kiana.api.schemas_mesh import (
     PeersOut,
     PingOut,
     RevokeOut,
+    SyncStatusOut,
 )
 from kiana.errors import InputError, MeshError
 from kiana.mesh.service import MeshService
@@ -175,3 +176,14 @@ async def inbox(
 async def ping(rt: Rt, device_id: DeviceId) -> dict[str, Any]:
     rtt = await _mesh(rt).ping(device_id)
     return {"device_id": device_id, "rtt_ms": rtt}
+
+
+@router.get(
+    "/sync/status",
+    summary="Memory sync per peer: in sync or behind by N, last exchange, bytes, rejections",
+    response_model=SyncStatusOut,
+)
+async def sync_status(rt: Rt) -> dict[str, Any]:
+    mesh = _mesh(rt)
+    peers = await mesh.sync_status()
+    return {"items": peers["items"], "peers": peers["peers"]}

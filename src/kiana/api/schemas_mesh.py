@@ -108,3 +108,25 @@ class InboxOut(BaseModel):
 class PingOut(BaseModel):
     device_id: str
     rtt_ms: float
+
+
+class SyncPeerOut(BaseModel):
+    device: str
+    name: str
+    up: bool
+    in_sync: bool
+    behind: int = Field(description="Records the peer has that this device still waits for.")
+    ahead_at_last_check: int
+    last_exchange: int | None
+    last_reconciled: int | None
+    received: int
+    sent: int
+    bytes_in: int
+    bytes_out: int
+    rejected: int = Field(description="Invalid records this peer sent (its standing).")
+    view: str
+
+
+class SyncStatusOut(BaseModel):
+    items: int = Field(description="Blocks and tombstones this device holds.")
+    peers: list[SyncPeerOut]

@@ -16,6 +16,7 @@ from kiana.cli import (
     cmd_blocks,
     cmd_memory,
     cmd_mesh,
+    cmd_sync,
     cmd_system,
     cmd_transfer,
 )
@@ -36,7 +37,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = CliState(home=home)
 
 
-for module in (cmd_system, cmd_memory, cmd_blocks, cmd_transfer, cmd_assistant, cmd_mesh):
+for module in (cmd_system, cmd_memory, cmd_blocks, cmd_transfer, cmd_assistant, cmd_mesh, cmd_sync):
     for command in module.COMMANDS:
         cli.add_command(command)
 

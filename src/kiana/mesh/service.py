@@ -40,12 +40,16 @@ from kiana.mesh.tcp import (
     read_preamble,
 )
 from kiana.node import Node
+from kiana.sync.engine import SYNC_CHANNEL, SyncEngine
+from kiana.sync.policy import admission
 
 log = logging.getLogger("kiana.mesh")
 P = ParamSpec("P")
 T = TypeVar("T")
 
 MEMBERS_CHANNEL = "members"
+SYNC_TTL_MS = 10 * 60_000  # sync messages are re-derived on reconnect; no need to keep them long
+SYNC_TICK_S = 0.25
 PING_CHANNEL = "ping"
 
 Handler = Callable[[str, str, bytes], Awaitable[None]]  # (sender, channel, body)
@@ -106,6 +110,11 @@ class MeshService:
         self.relay: Any = None  # WebRTC manager (rtc.py), when the webrtc extra is installed
         self.handlers[MEMBERS_CHANNEL] = self._on_members
         self.handlers[PING_CHANNEL] = self._on_ping
+        self.sync = _make_sync(self)
+        self.handlers[SYNC_CHANNEL] = self._on_sync
+        self._embed = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiana-embed")
+        self._to_index: list[Any] = []
+        self._to_unindex: list[str] = []
         self._pongs: dict[str, asyncio.Future[int]] = {}
         self._dialing_manual: set[str] = set()
         self._pump_wake = asyncio.Event()
@@ -134,6 +143,8 @@ class MeshService:
             await self._start_discovery()
         self.relay = _make_rtc(self)
         self._spawn(self._pump())
+        self._spawn(self._sync_loop())
+        self._spawn(self._redeliver())
         self._spawn(self._dialer())
         log.info("mesh listening on port %d", self.port)
 
@@ -164,6 +175,7 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         self._db.shutdown(wait=True)
+        self._embed.shutdown(wait=True)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -496,6 +508,7 @@ class MeshService:
         now = now_ms()
         await self._run(self.node.store.touch_device, device, now)
         await self._run(self.messenger.peer_up, device, now)
+        await self._send_sync(await self._run(self.sync.peer_up, device, now))
         await self.send(device, MEMBERS_CHANNEL, self.directory.records_blob(), ttl_ms=60_000)
         self._wake.set()
         self._pump_wake.set()
@@ -513,6 +526,7 @@ class MeshService:
         peer.next_dial = now_ms() + peer.backoff.next_delay()
         await self._run(self.node.store.touch_device, state.peer, now_ms())
         await self._run(self.messenger.peer_down, state.peer)
+        await self._run(self.sync.peer_down, state.peer)
         self._wake.set()
 
     async def _flush(self, peer: _Peer) -> None:
@@ -640,6 +654,44 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pump_wake.wait(), min(delay, 1.0))
 
+    # -- memory sync ----------------------------------------------------------------------------
+
+    async def _on_sync(self, sender: str, channel: str, body: bytes) -> None:
+        await self._send_sync(await self._run(self.sync.receive, sender, body, now_ms()))
+
+    async def _send_sync(self, out: list[tuple[str, bytes]]) -> None:
+        for peer, body in out:
+            await self.send(peer, SYNC_CHANNEL, body, ttl_ms=SYNC_TTL_MS)
+
+    async def _sync_loop(self) -> None:
+        """Push local writes (from any process) at once; re-reconcile now and then."""
+        while True:
+            await self._send_sync(await self._run(self.sync.tick, now_ms()))
+            if self._to_index or self._to_unindex:
+                blocks, self._to_index = self._to_index, []
+                gone, self._to_unindex = self._to_unindex, []
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._embed, self._index, blocks, gone)
+            await asyncio.sleep(SYNC_TICK_S)
+
+    def _stored(self, blocks: list[Any], erased: list[str]) -> None:
+        """Called by the sync engine (store thread): embed new blocks later, on another thread."""
+        self._to_index.extend(blocks)
+        self._to_unindex.extend(erased)
+
+    def _index(self, blocks: list[Any], erased: list[str]) -> None:
+        if erased:
+            self.node.unindex_blocks(erased)
+        for start in range(0, len(blocks), 256):
+            self.node.index_blocks(blocks[start : start + 256])
+
+    async def _redeliver(self) -> None:
+        """Messages stored but not handled before a crash are handled now (once: the handlers
+        are idempotent and consume them when done)."""
+        for item in await self._run(self.messenger.inbox, 10_000):
+            if item.channel in self.handlers:
+                await self._deliver(item.sender, item.channel, item.body, item.msg_id)
+
     # -- built-in channels -------------------------------------------------------------------------
 
     async def _on_members(self, sender: str, channel: str, body: bytes) -> None:
@@ -694,6 +746,12 @@ class MeshService:
             if d.active and d.device_id != self.node.device_id:
                 await self.send(d.device_id, MEMBERS_CHANNEL, blob)
 
+    async def sync_status(self) -> dict[str, Any]:
+        peers = await self._run(self.sync.status)
+        for p in peers:
+            p["name"] = self.directory.name(p["device"])
+        return {"items": self.sync.counts()["items"], "peers": peers}
+
     async def inbox(self, *, channel: str | None = None, consume: bool = False) -> list[Any]:
         """Delivered messages on channels without a built-in handler (``app.*``)."""
         items = await self._run(self.messenger.inbox, 1000)
@@ -730,6 +788,24 @@ class MeshService:
                 }
             )
         return out
+
+
+def _make_sync(service: MeshService) -> SyncEngine:
+    node = service.node
+    me = node.store.device(node.device_id)
+    person = me.person if me is not None else node.genesis.person
+
+    def same_person(peer: str) -> bool:
+        other = service.directory.lookup(peer)
+        return other is not None and other.person == person
+
+    return SyncEngine(
+        node.store,
+        me=node.device_id,
+        same_person=same_person,
+        admit=admission(node.store, person),
+        on_stored=service._stored,
+    )
 
 
 def _make_rtc(service: MeshService) -> Any:
