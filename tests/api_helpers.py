@@ -63,6 +63,7 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("GET", "/api/v1/mesh/inbox", {}),
     ("POST", "/api/v1/mesh/ping/aaaa-bbbb-cccc-dddd", {}),
+    ("GET", "/api/v1/sync/status", {}),
 ]
 PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/status"),
@@ -88,6 +89,7 @@ PROTECTED_TEMPLATES = {
     ("POST", "/api/v1/mesh/messages"),
     ("GET", "/api/v1/mesh/inbox"),
     ("POST", "/api/v1/mesh/ping/{device_id}"),
+    ("GET", "/api/v1/sync/status"),
     ("GET", "/api/v1/models"),
     ("POST", "/api/v1/reindex"),
 }

@@ -114,6 +114,7 @@ ROUTE_TESTS = {
     ("POST", "/api/v1/mesh/messages"): MESH + "test_pair_link_message_ping_and_revoke",
     ("GET", "/api/v1/mesh/inbox"): MESH + "test_pair_link_message_ping_and_revoke",
     ("POST", "/api/v1/mesh/ping/{device_id}"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("GET", "/api/v1/sync/status"): MESH + "test_pair_link_message_ping_and_revoke",
     ("GET", "/v1/models"): OPENAI + "test_models_list",
     ("POST", "/v1/chat/completions"): OPENAI + "test_chat_completion",
     ("POST", "/v1/embeddings"): OPENAI + "test_embeddings",

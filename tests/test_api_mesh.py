@@ -106,6 +106,15 @@ def test_pair_link_message_ping_and_revoke(tmp_path: Path) -> None:
             assert len(consumed["messages"]) == 1
             assert a.get("/api/v1/mesh/inbox").json()["messages"] == []
 
+            fact = b.post("/api/v1/blocks", json={"text": "The boiler service is on 3 June"})
+            assert fact.status_code == 201, fact.text
+            fact_id = fact.json()["block"]["id"]
+            wait_for(lambda: a.get(f"/api/v1/blocks/{fact_id}").status_code == 200, what="synced")
+            sync = a.get("/api/v1/sync/status").json()
+            [peer_b] = [p for p in sync["peers"] if p["device"] == me_b]
+            assert peer_b["received"] >= 1 and peer_b["rejected"] == 0 and peer_b["up"]
+            assert sync["items"] >= 1
+
             ping = a.post(f"/api/v1/mesh/ping/{me_b}")
             assert ping.status_code == 200, ping.text
             assert ping.json()["rtt_ms"] >= 0

@@ -28,6 +28,11 @@
         ├── ContextOverflowError    the prompt does not fit the model's context window
         ├── BackendUnavailableError the Ollama / OpenAI-compatible server cannot be reached
         └── BackendTimeoutError     the backend did not answer in time
+    ├── LedgerError                 the mind's ledger refused a block or record
+    │   └── (MalformedLedgerError, BadLedgerSignatureError, NotAuthorityError, BadLinkError,
+    │        BadTimeError, BadMerkleRootError, BadDifficultyError, SignerLimitError,
+    │        BadCheckpointError, InvalidRecordError, UnsupportedRecordError:
+    │        defined in kiana/ledger/errors.py)
     └── MeshError                   peer-to-peer networking failed
         ├── PairingError            pairing could not complete
         │   ├── WrongCodeError      the one-time code does not match (the code is now burnt)
