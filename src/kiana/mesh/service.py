@@ -636,7 +636,12 @@ class MeshService:
     async def _pump(self) -> None:
         """Send what the messenger has due, on whatever link reaches the peer."""
         while True:
-            frames, events = await self._run(self._poll_messenger, now_ms())
+            try:
+                frames, events = await self._run(self._poll_messenger, now_ms())
+            except KianaError as exc:
+                log.warning("message pump failed: %s", exc.code)
+                await asyncio.sleep(1.0)
+                continue
             await self._handle_events(events)
             touched: set[str] = set()
             for device, frame in frames:
@@ -666,7 +671,11 @@ class MeshService:
     async def _sync_loop(self) -> None:
         """Push local writes (from any process) at once; re-reconcile now and then."""
         while True:
-            await self._send_sync(await self._run(self.sync.tick, now_ms()))
+            try:
+                await self._send_sync(await self._run(self.sync.tick, now_ms()))
+            except KianaError as exc:  # e.g. the store is briefly unavailable: try again
+                log.warning("sync tick failed: %s", exc.code)
+                await asyncio.sleep(1.0)
             if self._to_index or self._to_unindex:
                 blocks, self._to_index = self._to_index, []
                 gone, self._to_unindex = self._to_unindex, []

@@ -77,6 +77,8 @@ class Database:
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._reads_done = threading.Condition()
+        self._active_reads = 0
         if url.startswith("sqlite:///"):
             self.dialect: Dialect = "sqlite"
             self.path: Path | None = Path(url.removeprefix("sqlite:///"))
@@ -154,7 +156,16 @@ class Database:
             return fn(self._writer)
 
     def read(self, fn: Callable[[Conn], T]) -> T:
-        return self._translate(lambda: fn(self._reader()))
+        with self._reads_done:
+            if self._closed:
+                raise StoreError("database is closed")
+            self._active_reads += 1
+        try:
+            return self._translate(lambda: fn(self._reader()))
+        finally:
+            with self._reads_done:
+                self._active_reads -= 1
+                self._reads_done.notify_all()
 
     @contextmanager
     def _transaction(self, conn: Conn) -> Iterator[None]:
@@ -200,9 +211,13 @@ class Database:
         return StoreError(f"database error: {text}")
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._reads_done:
+            if self._closed:
+                return
+            self._closed = True
+            # A reader still running on another thread keeps its connection until it is
+            # done: closing a SQLite connection under a running statement crashes.
+            self._reads_done.wait_for(lambda: self._active_reads == 0, timeout=30)
         with self._write_lock:
             self._writer.raw.close()
         with self._readers_lock:
