@@ -47,6 +47,7 @@ BATCH_BYTES = 480_000  # records per message, under the messenger's 1 MiB body l
 WANT_IDS = 8_000  # ids per want message
 RESYNC_MS = 30_000
 SESSION_TTL_MS = 120_000
+FULL_SCAN_MS = 300_000
 
 Out = tuple[str, bytes]
 
@@ -116,6 +117,7 @@ class SyncEngine:
         self._responders: dict[tuple[str, bytes], tuple[Reconciler, int]] = {}
         self.rejections: list[tuple[str, str, str]] = []  # (peer, record id, reason), recent
         self._loaded = False
+        self._next_full_scan = 0
 
     # -- local state -------------------------------------------------------------------
 
@@ -215,6 +217,12 @@ class SyncEngine:
     def _push_new(self, now: int) -> list[Out]:
         """Items written since the last scan (by anyone) go to every peer that may see them."""
         items, self._cursor = scan(self.store, self._cursor)
+        if now >= self._next_full_scan:
+            # PostgreSQL may commit sequence numbers out of order between processes: a row
+            # the incremental scan stepped over is found by this periodic full one.
+            self._next_full_scan = now + FULL_SCAN_MS
+            everything, _ = scan(self.store, Cursor())
+            items += [i for i in everything if i.id not in self._have]
         fresh = [i for i in items if self._add_item(i)]
         for item in fresh:
             if item.tombstone:

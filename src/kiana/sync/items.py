@@ -40,11 +40,12 @@ def scan(store: BlockStore, cursor: Cursor) -> tuple[list[SyncItem], Cursor]:
     """Items stored after ``cursor`` (all of them from ``Cursor()``), and the new cursor."""
 
     def query(c: Conn) -> tuple[list[SyncItem], Cursor]:
+        # The cursor only moves to the last row this very query returned: a separate
+        # MAX(seq) could count rows committed in between and skip them for ever.
         rows = c.all(
-            "SELECT seq, created, id, scope FROM blocks WHERE seq > ? AND erased = 0 ORDER BY seq",
+            "SELECT seq, created, id, scope, erased FROM blocks WHERE seq > ? ORDER BY seq",
             (cursor.seq,),
         )
-        top = c.one("SELECT MAX(seq) FROM blocks")
         # ">=": tombstones stored in the same millisecond as the last scan are read again;
         # the caller's sets ignore repeats.
         tombs = c.all(
@@ -52,9 +53,9 @@ def scan(store: BlockStore, cursor: Cursor) -> tuple[list[SyncItem], Cursor]:
             " LEFT JOIN blocks b ON b.id = t.erases WHERE t.stored >= ? ORDER BY t.stored",
             (cursor.tomb_stored,),
         )
-        items = [SyncItem(int(r[1]), str(r[2]), r[3] == "private", False) for r in rows]
+        items = [SyncItem(int(r[1]), str(r[2]), r[3] == "private", False) for r in rows if not r[4]]
         items += [SyncItem(int(r[1]), str(r[2]), r[3] == "private", True) for r in tombs]
-        seq = int(top[0]) if top and top[0] is not None else cursor.seq
+        seq = int(rows[-1][0]) if rows else cursor.seq
         stored = max([int(r[0]) for r in tombs], default=cursor.tomb_stored)
         return items, Cursor(max(seq, cursor.seq), stored)
 
