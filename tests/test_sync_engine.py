@@ -89,7 +89,7 @@ def test_two_devices_converge_and_new_blocks_are_pushed(mind) -> None:  # type: 
     net.pump()
     assert ids(laptop) == ids(phone) and len(ids(laptop)) == 500
     status = {s["device"]: s for s in net.engines[laptop.device_id].status()}
-    assert status[phone.device_id]["in_sync"] and status[phone.device_id]["behind"] == 0
+    assert status[phone.device_id]["in_sync"] and status[phone.device_id]["behind"] == 0, status
     # A block written later (by any process) is pushed at the next tick.
     block = phone.remember("the boiler service is on 3 June").block
     net.pump()
@@ -159,3 +159,17 @@ def test_forged_and_foreign_blocks_are_rejected_and_counted(mind) -> None:  # ty
     assert status[laptop.device_id]["rejected"] == 3
     reasons = [r for _, _, r in net.engines[phone.device_id].rejections]
     assert "unknown_author" in str(reasons) or "unknown" in str(reasons)
+
+
+def test_both_sides_know_when_they_are_in_sync(mind) -> None:  # type: ignore[no-untyped-def]
+    laptop, phone = mind["laptop"], mind["phone"]
+    for i in range(40):
+        laptop.remember(f"laptop fact {i}")
+        phone.remember(f"phone fact {i}")
+    net = Net({"laptop": laptop, "phone": phone})
+    net.link(laptop, phone)
+    net.pump()
+    for a, b in ((laptop, phone), (phone, laptop)):
+        [status] = net.engines[a.device_id].status()
+        assert status["device"] == b.device_id
+        assert status["in_sync"] and status["behind"] == 0 and status["received"] == 40, status

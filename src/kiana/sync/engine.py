@@ -20,6 +20,8 @@ Messages (first byte):
     R session(8) view(1) payload    reconciliation, initiator → responder
     r session(8) payload            reconciliation reply
     W ids(32 × n)                   want: send me these records
+    D final(1) ids(32 × n)          done: the initiator will send these (so both sides
+                                    can tell when they are in sync)
     B json lines                    records (blocks, tombstones): answers and pushes
 """
 
@@ -274,6 +276,9 @@ class SyncEngine:
                 return self._on_reply(state, body, now)
             if kind == b"W":
                 return self._on_want(state, body, now)
+            if kind == b"D":
+                self._on_done(state, body, now)
+                return []
             if kind == b"B":
                 self._on_records(state, body[1:], now)
                 return self._push_new(now)
@@ -313,11 +318,28 @@ class SyncEngine:
         need = [n.hex() for n in rec.need if n.hex() not in self._erased]
         state.ahead, state.behind = len(have), len(need)
         out = self._send_records(state, fetch_records(self.store, have), now)
+        # Tell the responder what is coming, so it too knows when it is in sync.
+        for start in range(0, max(1, len(have)), WANT_IDS):
+            chunk = have[start : start + WANT_IDS]
+            final = b"\x01" if start + WANT_IDS >= len(have) else b"\x00"
+            out += self._out(state, b"D" + final + b"".join(bytes.fromhex(i) for i in chunk), now)
         state.wanted.update(need)
         for start in range(0, len(need), WANT_IDS):
             chunk = need[start : start + WANT_IDS]
             out += self._out(state, b"W" + b"".join(bytes.fromhex(i) for i in chunk), now)
         return out
+
+    def _on_done(self, state: PeerSync, body: bytes, now: int) -> None:
+        """The initiator finished reconciling with us; these ids are on their way here."""
+        if len(body) < 2 or body[1] not in (0, 1) or (len(body) - 2) % 32:
+            raise FrameError("a done message is malformed")
+        raw = body[2:]
+        ids = (raw[i : i + 32].hex() for i in range(0, len(raw), 32))
+        # Records may have overtaken this message: only ids still missing are awaited.
+        state.wanted.update(i for i in ids if i not in self._have and i not in self._erased)
+        if body[1] == 1:
+            state.last_reconciled = now
+        state.behind = len(state.wanted)
 
     def _on_want(self, state: PeerSync, body: bytes, now: int) -> list[Out]:
         raw = body[1:]
