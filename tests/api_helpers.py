@@ -64,6 +64,8 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/mesh/inbox", {}),
     ("POST", "/api/v1/mesh/ping/aaaa-bbbb-cccc-dddd", {}),
     ("GET", "/api/v1/sync/status", {}),
+    ("GET", "/api/v1/ledger", {}),
+    ("GET", "/api/v1/ledger/verify", {}),
 ]
 PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/status"),
@@ -90,6 +92,8 @@ PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/mesh/inbox"),
     ("POST", "/api/v1/mesh/ping/{device_id}"),
     ("GET", "/api/v1/sync/status"),
+    ("GET", "/api/v1/ledger"),
+    ("GET", "/api/v1/ledger/verify"),
     ("GET", "/api/v1/models"),
     ("POST", "/api/v1/reindex"),
 }

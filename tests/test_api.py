@@ -115,6 +115,8 @@ ROUTE_TESTS = {
     ("GET", "/api/v1/mesh/inbox"): MESH + "test_pair_link_message_ping_and_revoke",
     ("POST", "/api/v1/mesh/ping/{device_id}"): MESH + "test_pair_link_message_ping_and_revoke",
     ("GET", "/api/v1/sync/status"): MESH + "test_pair_link_message_ping_and_revoke",
+    ("GET", "/api/v1/ledger"): "test_cli_ledger::test_ledger_routes",
+    ("GET", "/api/v1/ledger/verify"): "test_cli_ledger::test_ledger_routes",
     ("GET", "/v1/models"): OPENAI + "test_models_list",
     ("POST", "/v1/chat/completions"): OPENAI + "test_chat_completion",
     ("POST", "/v1/embeddings"): OPENAI + "test_embeddings",

@@ -31,8 +31,8 @@
     ├── LedgerError                 the mind's ledger refused a block or record
     │   └── (MalformedLedgerError, BadLedgerSignatureError, NotAuthorityError, BadLinkError,
     │        BadTimeError, BadMerkleRootError, BadDifficultyError, SignerLimitError,
-    │        BadCheckpointError, InvalidRecordError, UnsupportedRecordError:
-    │        defined in kiana/ledger/errors.py)
+    │        BadCheckpointError, InvalidRecordError, UnsupportedRecordError,
+    │        LedgerVerifyError: defined in kiana/ledger/errors.py)
     └── MeshError                   peer-to-peer networking failed
         ├── PairingError            pairing could not complete
         │   ├── WrongCodeError      the one-time code does not match (the code is now burnt)

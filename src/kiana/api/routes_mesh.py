@@ -14,6 +14,8 @@ from kiana.api.schemas_mesh import (
     InboxOut,
     InviteIn,
     InviteOut,
+    LedgerOut,
+    LedgerVerifyOut,
     MeshDevicesOut,
     MessageIn,
     MessageOut,
@@ -187,3 +189,35 @@ async def sync_status(rt: Rt) -> dict[str, Any]:
     mesh = _mesh(rt)
     peers = await mesh.sync_status()
     return {"items": peers["items"], "peers": peers["peers"]}
+
+
+@router.get(
+    "/ledger",
+    summary="The newest sealed blocks of the mind's ledger with their records",
+    response_model=LedgerOut,
+)
+async def ledger_blocks(
+    rt: Rt, limit: Annotated[int, Query(ge=1, le=10_000)] = 50
+) -> dict[str, Any]:
+    from kiana.ledger.audit import describe
+
+    blocks = await rt.off.read(describe, rt.node.store.db, limit=limit)
+    return {"blocks": blocks}
+
+
+@router.get(
+    "/ledger/verify",
+    summary="Verify the stored chain from the genesis; the first bad link if there is one",
+    response_model=LedgerVerifyOut,
+)
+async def ledger_verify(rt: Rt) -> dict[str, Any]:
+    from kiana.ledger.audit import verify_stored
+
+    result = await rt.off.read(verify_stored, rt.node.store.db, rt.node.genesis)
+    return {
+        "ok": result.ok,
+        "height": result.height,
+        "first_bad_height": result.first_bad_height,
+        "code": result.code or None,
+        "reason": result.reason or None,
+    }

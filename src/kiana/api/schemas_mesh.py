@@ -130,3 +130,36 @@ class SyncPeerOut(BaseModel):
 class SyncStatusOut(BaseModel):
     items: int = Field(description="Blocks and tombstones this device holds.")
     peers: list[SyncPeerOut]
+
+
+class LedgerRecordOut(BaseModel):
+    id: str
+    kind: str
+    block: str | None = None
+    tombstone: str | None = None
+    device: str | None = None
+    action: str | None = None
+    role: str | None = None
+
+
+class LedgerBlockOut(BaseModel):
+    height: int
+    hash: str
+    parent: str
+    time: int
+    signer: str
+    difficulty: int
+    in_turn: bool
+    records: list[LedgerRecordOut]
+
+
+class LedgerOut(BaseModel):
+    blocks: list[LedgerBlockOut]
+
+
+class LedgerVerifyOut(BaseModel):
+    ok: bool
+    height: int = Field(description="Height of the last good block (0: only the genesis).")
+    first_bad_height: int | None = None
+    code: str | None = None
+    reason: str | None = None

@@ -1,4 +1,4 @@
-"""sync status: how this device's memory compares with each peer's (needs kiana serve)."""
+"""sync status (needs kiana serve), ledger show, ledger verify."""
 
 from __future__ import annotations
 
@@ -46,4 +46,68 @@ def sync_status(state: CliState, as_json: bool) -> None:
         err.print("no peers yet: pair a device with 'kiana pair'")
 
 
-COMMANDS = (sync,)
+@click.group()
+def ledger() -> None:
+    """The mind's ledger: the signed chain of what happened in this mind."""
+
+
+@ledger.command("show")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@json_option
+@pass_state
+def ledger_show(state: CliState, limit: int, as_json: bool) -> None:
+    """The newest sealed blocks of the ledger with their records."""
+    from kiana.ledger.audit import describe
+
+    with state.node() as node:
+        blocks = describe(node.store.db, limit=limit)
+    if as_json:
+        print_json({"blocks": blocks})
+        return
+    if not blocks:
+        out.print("The ledger has only its genesis block so far.")
+        return
+    for b in blocks:
+        if "error" in b:
+            out.print(f"[red]unreadable block: {b['reason']}[/red]")
+            continue
+        turn = "in turn" if b["in_turn"] else "out of turn"
+        out.print(
+            f"[bold]#{b['height']}[/bold] {b['hash'][:16]}…  {fmt_time(b['time'])}"
+            f"  sealed by {b['signer']} ({turn})"
+        )
+        for r in b["records"]:
+            subject = r.get("block") or r.get("device") or ""
+            extra = f" {r['action']} {r['role']}" if r.get("action") else ""
+            out.print(f"    {r['kind']:7} {str(subject)[:16]}{extra}")
+
+
+@ledger.command("verify")
+@json_option
+@pass_state
+def ledger_verify(state: CliState, as_json: bool) -> None:
+    """Verify the whole chain from the genesis; point at the first bad link."""
+    from kiana.ledger.audit import verify_stored
+    from kiana.ledger.errors import LedgerVerifyError
+
+    with state.node() as node:
+        result = verify_stored(node.store.db, node.genesis)
+    info = {
+        "ok": result.ok,
+        "height": result.height,
+        "first_bad_height": result.first_bad_height,
+        "code": result.code or None,
+        "reason": result.reason or None,
+    }
+    if as_json:
+        print_json(info)
+    elif result.ok:
+        out.print(f"Ledger OK: {result.height} sealed blocks verified from the genesis.")
+    if not result.ok:
+        raise LedgerVerifyError(
+            f"the ledger is broken at block {result.first_bad_height}: {result.reason}"
+            f" (blocks up to {result.height} are good)"
+        )
+
+
+COMMANDS = (sync, ledger)

@@ -12,8 +12,9 @@ KianaError
     ├── BadDifficultyError      difficulty is not 2 in turn / 1 out of turn
     ├── SignerLimitError        the signer sealed too recently (Clique's signer limit)
     ├── BadCheckpointError      a checkpoint block's authority list is wrong (or missing)
-    └── InvalidRecordError      a record does not hold at its height (membership record
-                                not signed by an authority, record already on the chain)
+    ├── InvalidRecordError      a record does not hold at its height (membership record
+    │                           not signed by an authority, record already on the chain)
+    └── LedgerVerifyError       the stored chain fails verification (kiana ledger verify)
 """
 
 from __future__ import annotations
@@ -84,3 +85,8 @@ __all__ = [
     "SignerLimitError",
     "UnsupportedRecordError",
 ]
+
+
+class LedgerVerifyError(LedgerError):
+    code = "ledger_broken"
+    http_status = 409
