@@ -317,12 +317,15 @@ class SyncEngine:
         have = [h.hex() for h in rec.have]
         need = [n.hex() for n in rec.need if n.hex() not in self._erased]
         state.ahead, state.behind = len(have), len(need)
-        out = self._send_records(state, fetch_records(self.store, have), now)
-        # Tell the responder what is coming, so it too knows when it is in sync.
+        # Tell the responder what is coming before it comes, so it knows how far behind it
+        # is while the records stream in (sent after them, the ids arrived when nothing was
+        # missing any more: a device catching up showed "behind 0") and when it is in sync.
+        out: list[Out] = []
         for start in range(0, max(1, len(have)), WANT_IDS):
             chunk = have[start : start + WANT_IDS]
             final = b"\x01" if start + WANT_IDS >= len(have) else b"\x00"
             out += self._out(state, b"D" + final + b"".join(bytes.fromhex(i) for i in chunk), now)
+        out += self._send_records(state, fetch_records(self.store, have), now)
         state.wanted.update(need)
         for start in range(0, len(need), WANT_IDS):
             chunk = need[start : start + WANT_IDS]
