@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -13,6 +14,20 @@ from kiana.identity.keys import DeviceKeys
 from kiana.node import Node, now_ms
 from kiana.sync.engine import SyncEngine
 from kiana.sync.policy import admission
+
+
+def engine_for(node: Node) -> SyncEngine:
+    from kiana.sync.policy import may_erase
+
+    me = node.store.device(node.device_id)
+    assert me is not None
+    return SyncEngine(
+        node.store,
+        me=node.device_id,
+        same_person=Net._same_person(node),
+        admit=admission(node.store, me.person),
+        may_erase=may_erase(node.store),
+    )
 
 
 class Net:
@@ -27,12 +42,7 @@ class Net:
             node.auto_embed = False
             person = node.store.device(node.device_id)
             assert person is not None
-            self.engines[node.device_id] = SyncEngine(
-                node.store,
-                me=node.device_id,
-                same_person=self._same_person(node),
-                admit=admission(node.store, person.person),
-            )
+            self.engines[node.device_id] = engine_for(node)
         self.queue: list[tuple[str, str, bytes]] = []
         self.bytes = 0
 
@@ -173,3 +183,30 @@ def test_both_sides_know_when_they_are_in_sync(mind) -> None:  # type: ignore[no
         [status] = net.engines[a.device_id].status()
         assert status["device"] == b.device_id
         assert status["in_sync"] and status["behind"] == 0 and status["received"] == 40, status
+
+
+def test_a_forged_erasure_that_came_before_its_block_is_dropped(mind) -> None:  # type: ignore[no-untyped-def]
+    """A member of another person erases a block the receiver has not seen yet: the
+    tombstone is kept at first (the block might never come), and dropped when the block
+    arrives and shows that eraser was not allowed to erase it."""
+    from kiana.blocks import make_tombstone
+
+    laptop, phone, guest = mind["laptop"], mind["phone"], mind["guest"]
+    block = laptop.remember("laptop's own fact").block
+    bogus = make_tombstone(
+        guest.keys.signing, guest.device_id, erases=block.id, created=now_ms(), reason="x"
+    )
+    net = Net(mind)
+    line = json.dumps({"type": "tombstone", "record": bogus.to_dict()}).encode()
+    net.queue.append((guest.device_id, phone.device_id, b"B" + line))
+    net.pump()
+    assert phone.store.tombstone_for(block.id) is not None  # unknown block: kept for now
+    net.link(laptop, phone)
+    net.pump()
+    assert phone.store.get(block.id).body == "laptop's own fact"
+    assert phone.store.tombstone_for(block.id) is None
+    assert laptop.store.get(block.id).body == "laptop's own fact"
+    # An allowed erasure (by the author) still wins, before or after the block.
+    real = laptop.forget(block.id)
+    net.pump()
+    assert phone.store.tombstone_for(block.id) == real

@@ -272,6 +272,23 @@ class BlockStore:
 
         return self.db.write(write)
 
+    def drop_tombstone(self, tomb_id: str) -> bool:
+        """Forget a tombstone whose block was never stored here (it was not allowed).
+
+        Refused (False) when the block's content was erased here: that cannot be undone.
+        """
+
+        def write(conn: Conn) -> bool:
+            row = conn.one("SELECT erases FROM tombstones WHERE id = ?", (tomb_id,))
+            if row is None:
+                return False
+            if conn.one("SELECT 1 FROM blocks WHERE id = ?", (row[0],)) is not None:
+                return False
+            conn.execute("DELETE FROM tombstones WHERE id = ?", (tomb_id,))
+            return True
+
+        return self.db.write(write)
+
     # -- blocks: read --------------------------------------------------------
 
     def get(self, block_id: str) -> Block:

@@ -30,7 +30,7 @@ from kiana.store import BlockStore
 from kiana.sync.crdt import OpStore, SharedState
 from kiana.sync.engine import RESYNC_MS, SYNC_CHANNEL, SyncEngine
 from kiana.sync.ledger_gossip import LEDGER_CHANNEL, LedgerGossip
-from kiana.sync.policy import admission
+from kiana.sync.policy import admission, may_erase
 from kiana.sync.state_gossip import STATE_CHANNEL, StateGossip
 
 log = logging.getLogger("kiana.sync.core")
@@ -65,6 +65,7 @@ class NodeCore:
             me=self.me,
             same_person=same_person,
             admit=admission(node_store, my_person, committed=self._block_committed),
+            may_erase=may_erase(node_store),
             resync_ms=resync_ms,
             rng_bytes=rng_bytes,
         )

@@ -61,6 +61,7 @@ class PeerSync:
     device: str
     full_view: bool  # same person: private items too
     up: bool = False
+    up_since: int = 0
     session: bytes = b""
     reconciler: Reconciler | None = None
     started: int = 0
@@ -98,6 +99,7 @@ class SyncEngine:
         same_person: Callable[[str], bool],
         admit: Admission,
         on_stored: Callable[[list[Block], list[str]], None] | None = None,
+        may_erase: Callable[[str, str], bool] | None = None,
         resync_ms: int = RESYNC_MS,
         rng_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -106,6 +108,7 @@ class SyncEngine:
         self.same_person = same_person
         self.admit = admit
         self.on_stored = on_stored
+        self.may_erase = may_erase
         self.resync_ms = resync_ms
         self._random = rng_bytes
         self.peers: dict[str, PeerSync] = {}
@@ -174,6 +177,7 @@ class SyncEngine:
         if state is None:
             state = self.peers[peer] = PeerSync(peer, full_view=self.same_person(peer))
         state.up = True
+        state.up_since = now
         state.full_view = self.same_person(peer)
         state.next_resync = now
         return self.tick(now)
@@ -394,7 +398,7 @@ class SyncEngine:
                     self._store_tombstone(state, tomb)
                 elif obj.get("type") == "block":
                     block = parse_block(record)
-                    if block.id in self._erased:
+                    if block.id in self._erased and not self._overruled(block):
                         state.wanted.discard(block.id)
                         continue  # a tombstone beats content, whoever sends it
                     verify_block(block, self.store.device_key)
@@ -406,6 +410,28 @@ class SyncEngine:
                 self._reject(state, obj_id(line), exc.code)
         self._store_blocks(state, blocks)
 
+    def _overruled(self, block: Block) -> bool:
+        """A tombstone that came before its block: drop it if its author may not erase it."""
+        if self.may_erase is None:
+            return False
+        tomb = self.store.tombstone_for(block.id)
+        if tomb is None or self.may_erase(tomb.author, block.author):
+            return False
+        try:
+            verify_block(block, self.store.device_key)
+        except KianaError:
+            return False  # a forged block cannot lift a tombstone
+        if not self.store.drop_tombstone(tomb.id):
+            return False
+        log.warning("dropped an erasure by %s that was not allowed", tomb.author)
+        key = bytes.fromhex(tomb.id)
+        self._have.discard(tomb.id)
+        self._full.discard(tomb.created, key)
+        self._shared.discard(tomb.created, key)
+        self._private.discard(tomb.id)
+        self._erased.discard(block.id)
+        return True
+
     def _check(self, state: PeerSync, item: Block | Tombstone) -> None:
         verdict = self.admit(item, state.device)
         if not verdict.ok:
@@ -415,6 +441,8 @@ class SyncEngine:
 
     def _reject(self, state: PeerSync, record_id: str, reason: str) -> None:
         state.rejected += 1
+        state.wanted.discard(record_id)  # it will not come in a valid form from this peer
+        state.behind = len(state.wanted)
         self.rejections.append((state.device, record_id, reason))
         del self.rejections[:-100]
         log.warning("rejected a record from %s: %s", state.device, reason)
@@ -454,6 +482,7 @@ class SyncEngine:
                 "up": s.up,
                 "in_sync": s.up
                 and s.last_reconciled is not None
+                and s.last_reconciled >= s.up_since
                 and not s.wanted
                 and s.reconciler is None,
                 "behind": len(s.wanted),

@@ -9,7 +9,10 @@ against the author's key. It is then admitted only if:
 * a private block belongs to this device's person (private memory never
   leaves its person's devices);
 * a tombstone comes from the erased block's author, a device of the same
-  person as that author, or an authority (members cannot erase each other).
+  person as that author, or an authority (members cannot erase each other). A
+  tombstone for a block this device has never seen is kept; if the block arrives
+  later and the eraser was not allowed, the engine drops the tombstone and keeps
+  the block (so one forged erasure cannot make devices disagree for ever).
 """
 
 from __future__ import annotations
@@ -52,14 +55,38 @@ def admission(
                 return Verdict(False, "private_block_of_another_person")
             return Verdict(True)
         erased_author = _author_of(store, item.erases)
-        if erased_author is None or erased_author == item.author or author.role == "authority":
+        if erased_author is None:
+            # The block is unknown here: keep the tombstone (the block may never come, if
+            # it was erased before this device synced). Should the block arrive later, the
+            # engine checks ``may_erase`` with its author and drops a tombstone not allowed.
             return Verdict(True)
-        target = known.get(erased_author)
-        if target is not None and target.person == author.person:
+        if allowed(known, item.author, erased_author):
             return Verdict(True)
         return Verdict(False, "tombstone_not_allowed")
 
     return admit
+
+
+def allowed(known: dict[str, Device], tomb_author: str, block_author: str) -> bool:
+    """May ``tomb_author`` erase a block written by ``block_author``?"""
+    if tomb_author == block_author:
+        return True
+    eraser = known.get(tomb_author)
+    if eraser is None:
+        return False
+    if eraser.role == "authority":
+        return True
+    target = known.get(block_author)
+    return target is not None and target.person == eraser.person
+
+
+def may_erase(store: BlockStore) -> Callable[[str, str], bool]:
+    """``allowed`` over the store's current devices, for the sync engine."""
+
+    def check(tomb_author: str, block_author: str) -> bool:
+        return allowed({d.device_id: d for d in store.devices()}, tomb_author, block_author)
+
+    return check
 
 
 def _author_of(store: BlockStore, block_id: str) -> str | None:
