@@ -66,6 +66,10 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/sync/status", {}),
     ("GET", "/api/v1/ledger", {}),
     ("GET", "/api/v1/ledger/verify", {}),
+    ("GET", "/api/v1/ledger/head", {}),
+    ("GET", "/api/v1/pins", {}),
+    ("PUT", f"/api/v1/pins/{FULL_ID}", {}),
+    ("DELETE", f"/api/v1/pins/{FULL_ID}", {}),
 ]
 PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/status"),
@@ -94,6 +98,10 @@ PROTECTED_TEMPLATES = {
     ("GET", "/api/v1/sync/status"),
     ("GET", "/api/v1/ledger"),
     ("GET", "/api/v1/ledger/verify"),
+    ("GET", "/api/v1/ledger/head"),
+    ("GET", "/api/v1/pins"),
+    ("PUT", "/api/v1/pins/{block_id}"),
+    ("DELETE", "/api/v1/pins/{block_id}"),
     ("GET", "/api/v1/models"),
     ("POST", "/api/v1/reindex"),
 }
@@ -161,6 +169,9 @@ class ApiClient:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
 
     def delete(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("DELETE", url, **kwargs)

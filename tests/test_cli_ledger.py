@@ -83,3 +83,17 @@ def test_ledger_routes(tmp_path: Path) -> None:
         assert verified.json()["height"] == 2
         bad = api.get("/api/v1/ledger", params={"limit": 0})
         assert bad.status_code == 422 and error_code(bad) == "invalid_request"
+
+
+def test_pin_unpin_pins_offline(tmp_path: Path) -> None:
+    sealed_home(tmp_path, blocks=1)
+    with Node.open(quiet_settings(tmp_path)) as node:
+        block = next(iter(node.store.iter_blocks()))
+    pinned = run_kiana(tmp_path, "pin", block.id[:12])
+    assert pinned.returncode == 0 and "1 pinned" in pinned.stdout, pinned.stderr
+    listed = json.loads(run_kiana(tmp_path, "pins", "--json").stdout)
+    assert listed == {"pins": [block.id]}
+    assert run_kiana(tmp_path, "unpin", block.id).returncode == 0
+    assert json.loads(run_kiana(tmp_path, "pins", "--json").stdout) == {"pins": []}
+    missing = run_kiana(tmp_path, "pin", "ffffffffffff")
+    assert missing.returncode == 4 and "no block" in missing.stderr

@@ -20,6 +20,7 @@ from kiana.api import (
     routes_chat,
     routes_mesh,
     routes_openai,
+    routes_state,
     routes_system,
     routes_transfer,
 )
@@ -130,6 +131,7 @@ def create_app(
     app.include_router(routes_transfer.router, prefix=API_PREFIX)
     app.include_router(routes_chat.router, prefix=API_PREFIX)
     app.include_router(routes_mesh.router, prefix=API_PREFIX)
+    app.include_router(routes_state.router, prefix=API_PREFIX)
     app.include_router(routes_openai.router)
 
     open_paths = {"/healthz", "/readyz"}

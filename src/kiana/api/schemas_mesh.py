@@ -163,3 +163,14 @@ class LedgerVerifyOut(BaseModel):
     first_bad_height: int | None = None
     code: str | None = None
     reason: str | None = None
+
+
+class PinsOut(BaseModel):
+    pins: list[str]
+
+
+class LedgerHeadOut(BaseModel):
+    height: int
+    head: str
+    pending: int = Field(description="Records waiting for an authority to seal them.")
+    authorities: list[str]

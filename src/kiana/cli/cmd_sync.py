@@ -1,4 +1,4 @@
-"""sync status (needs kiana serve), ledger show, ledger verify."""
+"""sync status (needs kiana serve), ledger show|verify, pin, unpin, pins."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.table import Table
 
 from kiana.cli.cmd_mesh import _need_remote
 from kiana.cli.context import CliState, err, fmt_time, json_option, out, pass_state, print_json
+from kiana.cli.remote import running_node
 
 
 @click.group()
@@ -110,4 +111,65 @@ def ledger_verify(state: CliState, as_json: bool) -> None:
         )
 
 
-COMMANDS = (sync, ledger)
+def _pin(state: CliState, block_id: str, pinned: bool) -> list[str]:
+    remote = running_node(state.settings)
+    if remote is not None:
+        with state.node() as node:
+            full = node.store.resolve_prefix(block_id)
+        method = "PUT" if pinned else "DELETE"
+        result: dict[str, Any] = remote.call(method, f"/api/v1/pins/{full}")
+        return list(result["pins"])
+    from kiana.sync.crdt import SharedState, SqlOpStore
+    from kiana.sync.shared import set_pin
+
+    with state.node() as node:
+        full = node.store.resolve_prefix(block_id)
+        if pinned:
+            node.store.get(full)  # unknown or erased: a clear error
+        shared = SharedState(node.device_id, store=SqlOpStore(node.store.db))
+        return set_pin(shared, full, pinned)
+
+
+@click.command()
+@click.argument("block_id")
+@pass_state
+def pin(state: CliState, block_id: str) -> None:
+    """Pin a block (on every device of the mind; merges without conflicts)."""
+    pins = _pin(state, block_id, True)
+    out.print(f"Pinned. {len(pins)} pinned block(s).")
+
+
+@click.command()
+@click.argument("block_id")
+@pass_state
+def unpin(state: CliState, block_id: str) -> None:
+    """Unpin a block."""
+    pins = _pin(state, block_id, False)
+    out.print(f"Unpinned. {len(pins)} pinned block(s).")
+
+
+@click.command()
+@json_option
+@pass_state
+def pins(state: CliState, as_json: bool) -> None:
+    """List pinned blocks."""
+    remote = running_node(state.settings)
+    if remote is not None:
+        ids = list(remote.call("GET", "/api/v1/pins")["pins"])
+    else:
+        from kiana.sync.crdt import SharedState, SqlOpStore
+        from kiana.sync.shared import PINS
+
+        with state.node() as node:
+            shared = SharedState(node.device_id, store=SqlOpStore(node.store.db))
+            ids = sorted(shared.members(PINS))
+    if as_json:
+        print_json({"pins": ids})
+        return
+    for block_id in ids:
+        out.print(block_id)
+    if not ids:
+        err.print("no pinned blocks")
+
+
+COMMANDS = (sync, ledger, pin, unpin, pins)

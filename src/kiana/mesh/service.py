@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from kiana.config import Settings
 from kiana.errors import FrameError, KianaError, MeshError, PeerUnreachableError
+from kiana.ledger import SqlLedgerStore
 from kiana.mesh.carrier import Carrier
 from kiana.mesh.health import Backoff, PeerState
 from kiana.mesh.link import Link, LinkClosed, LinkData, LinkHealth, LinkUp
@@ -40,8 +41,10 @@ from kiana.mesh.tcp import (
     read_preamble,
 )
 from kiana.node import Node
-from kiana.sync.engine import SYNC_CHANNEL, SyncEngine
-from kiana.sync.policy import admission
+from kiana.sync.core import CHANNELS, NodeCore
+from kiana.sync.crdt import SqlOpStore
+from kiana.sync.engine import SyncEngine
+from kiana.sync.shared import PINS, set_pin
 
 log = logging.getLogger("kiana.mesh")
 P = ParamSpec("P")
@@ -110,8 +113,9 @@ class MeshService:
         self.relay: Any = None  # WebRTC manager (rtc.py), when the webrtc extra is installed
         self.handlers[MEMBERS_CHANNEL] = self._on_members
         self.handlers[PING_CHANNEL] = self._on_ping
-        self.sync = _make_sync(self)
-        self.handlers[SYNC_CHANNEL] = self._on_sync
+        self.core: NodeCore | None = None  # built in start(): it reads the ledger and op log
+        for channel in CHANNELS:
+            self.handlers[channel] = self._on_core
         self._embed = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiana-embed")
         self._to_index: list[Any] = []
         self._to_unindex: list[str] = []
@@ -135,6 +139,7 @@ class MeshService:
             ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         await self.directory.refresh(self._run)
+        self.core = await self._run(_make_core, self)
         for text in filter(None, (a.strip() for a in self.settings.mesh_peers.split(","))):
             self._add_manual(text, "config")
         for address, device in await self._run(self._stored_addresses):
@@ -508,7 +513,7 @@ class MeshService:
         now = now_ms()
         await self._run(self.node.store.touch_device, device, now)
         await self._run(self.messenger.peer_up, device, now)
-        await self._send_sync(await self._run(self.sync.peer_up, device, now))
+        await self._send_core(await self._run(self._core.peer_up, device, now))
         await self.send(device, MEMBERS_CHANNEL, self.directory.records_blob(), ttl_ms=60_000)
         self._wake.set()
         self._pump_wake.set()
@@ -526,7 +531,7 @@ class MeshService:
         peer.next_dial = now_ms() + peer.backoff.next_delay()
         await self._run(self.node.store.touch_device, state.peer, now_ms())
         await self._run(self.messenger.peer_down, state.peer)
-        await self._run(self.sync.peer_down, state.peer)
+        await self._run(self._core.peer_down, state.peer)
         self._wake.set()
 
     async def _flush(self, peer: _Peer) -> None:
@@ -661,18 +666,28 @@ class MeshService:
 
     # -- memory sync ----------------------------------------------------------------------------
 
-    async def _on_sync(self, sender: str, channel: str, body: bytes) -> None:
-        await self._send_sync(await self._run(self.sync.receive, sender, body, now_ms()))
+    @property
+    def _core(self) -> NodeCore:
+        if self.core is None:
+            raise MeshError("the mesh has not started")
+        return self.core
 
-    async def _send_sync(self, out: list[tuple[str, bytes]]) -> None:
-        for peer, body in out:
-            await self.send(peer, SYNC_CHANNEL, body, ttl_ms=SYNC_TTL_MS)
+    @property
+    def sync(self) -> SyncEngine:
+        return self._core.engine
+
+    async def _on_core(self, sender: str, channel: str, body: bytes) -> None:
+        await self._send_core(await self._run(self._core.handle, sender, channel, body, now_ms()))
+
+    async def _send_core(self, out: list[tuple[str, str, bytes]]) -> None:
+        for peer, channel, body in out:
+            await self.send(peer, channel, body, ttl_ms=SYNC_TTL_MS)
 
     async def _sync_loop(self) -> None:
         """Push local writes (from any process) at once; re-reconcile now and then."""
         while True:
             try:
-                await self._send_sync(await self._run(self.sync.tick, now_ms()))
+                await self._send_core(await self._run(self._core.tick, now_ms()))
             except KianaError as exc:  # e.g. the store is briefly unavailable: try again
                 log.warning("sync tick failed: %s", exc.code)
                 await asyncio.sleep(1.0)
@@ -755,6 +770,22 @@ class MeshService:
             if d.active and d.device_id != self.node.device_id:
                 await self.send(d.device_id, MEMBERS_CHANNEL, blob)
 
+    async def pin(self, block_id: str, pinned: bool) -> list[str]:
+        """Pin or unpin a block in the shared state (every device sees it); the pins after."""
+        return await self._run(set_pin, self._core.state, block_id, pinned)
+
+    async def pins(self) -> list[str]:
+        return sorted(await self._run(self._core.state.members, PINS))
+
+    async def ledger_summary(self) -> dict[str, Any]:
+        core = self._core
+        return {
+            "height": core.ledger.head.height,
+            "head": core.ledger.head.hash,
+            "pending": len(core.ledger.pending),
+            "authorities": list(core.ledger.authorities()),
+        }
+
     async def sync_status(self) -> dict[str, Any]:
         peers = await self._run(self.sync.status)
         for p in peers:
@@ -799,7 +830,8 @@ class MeshService:
         return out
 
 
-def _make_sync(service: MeshService) -> SyncEngine:
+def _make_core(service: MeshService) -> NodeCore:
+    """Blocks, shared state and ledger for this device (runs on the store thread)."""
     node = service.node
     me = node.store.device(node.device_id)
     person = me.person if me is not None else node.genesis.person
@@ -808,13 +840,17 @@ def _make_sync(service: MeshService) -> SyncEngine:
         other = service.directory.lookup(peer)
         return other is not None and other.person == person
 
-    return SyncEngine(
+    core = NodeCore(
         node.store,
-        me=node.device_id,
+        node.keys,
+        node.genesis,
+        my_person=person,
         same_person=same_person,
-        admit=admission(node.store, person),
-        on_stored=service._stored,
+        ledger_store=SqlLedgerStore(node.store.db),
+        state_store=SqlOpStore(node.store.db),
     )
+    core.engine.on_stored = service._stored
+    return core
 
 
 def _make_rtc(service: MeshService) -> Any:
