@@ -188,7 +188,7 @@ async def ping(rt: Rt, device_id: DeviceId) -> dict[str, Any]:
 async def sync_status(rt: Rt) -> dict[str, Any]:
     mesh = _mesh(rt)
     peers = await mesh.sync_status()
-    return {"items": peers["items"], "peers": peers["peers"]}
+    return peers
 
 
 @router.get(

@@ -127,9 +127,17 @@ class SyncPeerOut(BaseModel):
     view: str
 
 
+class RejectedOut(BaseModel):
+    blocks: int = Field(description="Invalid blocks or tombstones peers sent (all peers).")
+    state: int = Field(description="Invalid shared-state messages.")
+    ledger: int = Field(description="Ledger blocks or records refused (forged seal, ...).")
+    other: int
+
+
 class SyncStatusOut(BaseModel):
     items: int = Field(description="Blocks and tombstones this device holds.")
     peers: list[SyncPeerOut]
+    rejected: RejectedOut
 
 
 class LedgerRecordOut(BaseModel):

@@ -790,7 +790,17 @@ class MeshService:
         peers = await self._run(self.sync.status)
         for p in peers:
             p["name"] = self.directory.name(p["device"])
-        return {"items": self.sync.counts()["items"], "peers": peers}
+        counts = await self._run(self._core.counts)
+        return {
+            "items": self.sync.counts()["items"],
+            "peers": peers,
+            "rejected": {
+                "blocks": counts["sync_rejected"],
+                "state": counts["state_rejected"],
+                "ledger": counts["ledger_rejected"],
+                "other": counts["core_rejected"],
+            },
+        }
 
     async def inbox(self, *, channel: str | None = None, consume: bool = False) -> list[Any]:
         """Delivered messages on channels without a built-in handler (``app.*``)."""
