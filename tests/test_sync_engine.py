@@ -210,3 +210,18 @@ def test_a_forged_erasure_that_came_before_its_block_is_dropped(mind) -> None:  
     real = laptop.forget(block.id)
     net.pump()
     assert phone.store.tombstone_for(block.id) == real
+
+
+def test_a_block_signed_by_a_revoked_key_is_refused(mind) -> None:  # type: ignore[no-untyped-def]
+    from kiana.mesh.enroll import revoke_device
+
+    laptop, phone = mind["laptop"], mind["phone"]
+    revoke_device(laptop, phone.device_id)
+    stolen = phone.new_block(body="written with a lost phone's key")
+    net = Net({"laptop": laptop, "phone": phone})
+    line = json.dumps({"type": "block", "record": stolen.to_dict()}).encode()
+    net.queue.append((phone.device_id, laptop.device_id, b"B" + line))
+    net.pump()
+    assert stolen.id not in ids(laptop)
+    [(_, record_id, reason)] = net.engines[laptop.device_id].rejections
+    assert record_id == stolen.id and reason == "author_revoked"

@@ -319,7 +319,11 @@ class SyncEngine:
         state.reconciler = None
         state.last_reconciled = now
         have = [h.hex() for h in rec.have]
-        need = [n.hex() for n in rec.need if n.hex() not in self._erased]
+        # Erased ids are asked for too when a tombstone may turn out not to be allowed
+        # (it came before its block): the block then decides (``_overruled``).
+        need = [
+            n.hex() for n in rec.need if self.may_erase is not None or n.hex() not in self._erased
+        ]
         state.ahead, state.behind = len(have), len(need)
         # Tell the responder what is coming before it comes, so it knows how far behind it
         # is while the records stream in (sent after them, the ids arrived when nothing was
@@ -435,7 +439,9 @@ class SyncEngine:
     def _check(self, state: PeerSync, item: Block | Tombstone) -> None:
         verdict = self.admit(item, state.device)
         if not verdict.ok:
-            raise BlockError(verdict.reason)
+            refused = BlockError(f"refused by the admission rules: {verdict.reason}")
+            refused.code = verdict.reason  # the rejection log shows the rule
+            raise refused
         if isinstance(item, Block) and item.scope == "private" and not state.full_view:
             raise BlockError("a private block from a device of another person")
 
