@@ -242,9 +242,14 @@ class Messenger:
         return frames
 
     def _backoff(self, attempt: int) -> int:
-        """Full jitter: uniform in [1, min(cap, base * 2**(attempt-1))] ms."""
+        """Equal jitter: uniform in [c/2, c] ms, c = min(cap, base * 2**(attempt-1)).
+
+        Not full jitter: a retry must never come almost at once, or a message still
+        on its way (a large one, a busy receiver) is sent twice; half the ceiling
+        still spreads retries of many messages apart.
+        """
         ceiling = min(self.retry_cap_ms, self.retry_base_ms << min(attempt - 1, 40))
-        return max(1, round(self._rng.random() * ceiling))
+        return max(1, round(ceiling / 2 + self._rng.random() * ceiling / 2))
 
     def next_wakeup(self) -> int | None:
         """The earliest time ``poll()`` has something to do (may be in the past), or None."""

@@ -188,6 +188,8 @@ class SyncEngine:
             state.up = False
             state.reconciler = None
             state.session = b""
+            state.wanted.clear()  # asked again (from whoever has it) at the next session
+            state.behind = 0
 
     def _start(self, state: PeerSync, now: int) -> list[Out]:
         """Begin reconciliation with a peer; the smaller device id initiates."""
@@ -236,18 +238,22 @@ class SyncEngine:
         if not fresh:
             return []
         out: list[Out] = []
-        records = {r.id: r for r in fetch_records(self.store, [i.id for i in fresh])}
-        for state in self.peers.values():
-            if not state.up:
-                continue
-            chosen = [
-                records[i.id]
+        plan = {
+            state.device: [
+                i.id
                 for i in fresh
-                if i.id in records
-                and (state.full_view or not i.private)
-                and self._origin.get(i.id) != state.device
+                if (state.full_view or not i.private) and self._origin.get(i.id) != state.device
             ]
-            out += self._send_records(state, chosen, now)
+            for state in self.peers.values()
+            if state.up
+        }
+        wanted = {i for ids in plan.values() for i in ids}
+        # Read records back only if someone gets them (not after every batch received).
+        records = {r.id: r for r in fetch_records(self.store, sorted(wanted))} if wanted else {}
+        for state in self.peers.values():
+            if state.up and plan.get(state.device):
+                chosen = [records[i] for i in plan[state.device] if i in records]
+                out += self._send_records(state, chosen, now)
         for item in fresh:
             self._origin.pop(item.id, None)
         return out
@@ -334,6 +340,10 @@ class SyncEngine:
             final = b"\x01" if start + WANT_IDS >= len(have) else b"\x00"
             out += self._out(state, b"D" + final + b"".join(bytes.fromhex(i) for i in chunk), now)
         out += self._send_records(state, fetch_records(self.store, have), now)
+        # Ids already awaited from another peer are not asked for twice (a new device
+        # linked to several peers would otherwise download everything from each).
+        elsewhere = set().union(*(p.wanted for p in self.peers.values() if p is not state and p.up))
+        need = [i for i in need if i not in elsewhere]
         state.wanted.update(need)
         for start in range(0, len(need), WANT_IDS):
             chunk = need[start : start + WANT_IDS]
