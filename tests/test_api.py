@@ -117,6 +117,12 @@ ROUTE_TESTS = {
     ("GET", "/api/v1/sync/status"): MESH + "test_pair_link_message_ping_and_revoke",
     ("GET", "/api/v1/ledger"): "test_cli_ledger::test_ledger_routes",
     ("GET", "/api/v1/ledger/verify"): "test_cli_ledger::test_ledger_routes",
+    ("POST", "/auth/login"): "test_web_api::test_login_session_csrf_and_logout",
+    ("POST", "/auth/logout"): "test_web_api::test_login_session_csrf_and_logout",
+    ("GET", "/auth/me"): "test_web_api::test_login_session_csrf_and_logout",
+    ("POST", "/api/v1/files"): "test_web_api::test_upload_a_markdown_file",
+    ("GET", "/api/v1/events"): "test_web_api::test_events_stream_reports_new_blocks",
+    ("GET", "/{path:path}"): "test_web_api::test_the_dashboard_is_served_and_matches_its_sources",
     ("GET", "/api/v1/ledger/head"): "test_ledger_service::test_pin_and_ledger_head_routes",
     ("GET", "/api/v1/pins"): "test_ledger_service::test_pin_and_ledger_head_routes",
     ("PUT", "/api/v1/pins/{block_id}"): "test_ledger_service::test_pin_and_ledger_head_routes",
@@ -170,7 +176,10 @@ def test_protected_routes_need_the_token(
 def test_token_scheme_is_case_insensitive_and_unknown_routes_need_auth(api: ApiClient) -> None:
     assert api.get("/api/v1/status", token=f"bearer {api.token}").status_code == 200
     assert api.get("/api/v1/nope", token=None).status_code == 401
-    assert api.get("/elsewhere", token=None).status_code == 401
+    # Outside /api and /v1 a GET is the dashboard's (public, data-free) files and routes;
+    # anything else still needs the token.
+    assert api.post("/elsewhere", token=None).status_code == 401
+    assert api.get("/elsewhere", token=None).status_code in (200, 404)
 
 
 def test_health_routes_are_open(api: ApiClient) -> None:
@@ -202,6 +211,7 @@ def test_openapi_documents_every_route(api: ApiClient) -> None:
         ("GET", "/docs"),
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
+        ("GET", "/{path:path}"),  # the dashboard's files: not part of the API
     }
     for method, path, op in operations:
         assert op.get("summary"), (method, path)

@@ -23,6 +23,7 @@ from kiana.api import (
     routes_state,
     routes_system,
     routes_transfer,
+    routes_web,
 )
 from kiana.api.auth import BearerAuthMiddleware
 from kiana.api.deps import ChatRuntime, Runtime
@@ -132,8 +133,11 @@ def create_app(
     app.include_router(routes_chat.router, prefix=API_PREFIX)
     app.include_router(routes_mesh.router, prefix=API_PREFIX)
     app.include_router(routes_state.router, prefix=API_PREFIX)
+    app.include_router(routes_web.auth)
+    app.include_router(routes_web.api, prefix=API_PREFIX)
     app.include_router(routes_openai.router)
 
+    app.include_router(routes_web.static)  # last: the dashboard's catch-all route
     open_paths = {"/healthz", "/readyz"}
     for docs_path in (
         app.docs_url,

@@ -7,13 +7,14 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import Depends, Request
 from starlette.applications import Starlette
 
 from kiana.api.errors import NotReadyError
+from kiana.api.sessions import Sessions
 from kiana.api.streaming import ThreadEvents
 from kiana.config import Settings
 from kiana.node import Node
@@ -97,6 +98,7 @@ class Runtime:
     token: str | None  # None only when settings.api_require_token is False
     chat: ChatRuntime
     mesh: MeshService | None = None  # None when mesh.enabled is false
+    sessions: Sessions = field(default_factory=Sessions)  # dashboard logins (in memory)
 
 
 def runtime_of(app: Starlette) -> Runtime:

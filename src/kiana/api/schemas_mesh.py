@@ -182,3 +182,22 @@ class LedgerHeadOut(BaseModel):
     head: str
     pending: int = Field(description="Records waiting for an authority to seal them.")
     authorities: list[str]
+
+
+class LoginIn(BaseModel):
+    token: str = Field(min_length=1, max_length=512)
+
+
+class LoginOut(BaseModel):
+    csrf: str
+
+
+class MeOut(BaseModel):
+    authenticated: bool
+
+
+class FileAddedOut(BaseModel):
+    file: str
+    chunks: int = Field(description="New blocks stored (one per chunk).")
+    skipped: int = Field(description="Chunks already stored (an unchanged file).")
+    errors: list[str]

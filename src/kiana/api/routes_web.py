@@ -1,0 +1,158 @@
+"""The dashboard's routes: login/logout, live events, file upload, and its static files."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from kiana.api.deps import Rt, runtime_of
+from kiana.api.errors import error_response
+from kiana.api.schemas_mesh import FileAddedOut, LoginIn, LoginOut, MeOut
+from kiana.api.sessions import CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S, cookie
+from kiana.errors import InputError
+from kiana.web import DIST
+
+auth = APIRouter(tags=["dashboard"])
+api = APIRouter(tags=["dashboard"])
+static = APIRouter(include_in_schema=False)
+
+EVENT_INTERVAL_S = 1.0
+MAX_UPLOAD = 16 * 1024 * 1024
+_NAME = re.compile(r"^[\w][\w .-]{0,120}\.(md|markdown|txt|text)$", re.IGNORECASE)
+
+
+@auth.post(
+    "/auth/login", summary="Exchange the API token for a session cookie", response_model=LoginOut
+)
+async def login(request: Request, body: LoginIn) -> Response:
+    rt = runtime_of(request.app)
+    if not rt.sessions.allow_attempt():
+        return error_response(429, "rate_limited", "too many failed logins; wait a minute")
+    if rt.token is None or not hmac.compare_digest(body.token.encode(), rt.token.encode()):
+        rt.sessions.failed()
+        return error_response(401, "unauthorized", "that is not this node's API token")
+    sid, session = rt.sessions.create()
+    response = JSONResponse({"csrf": session.csrf})
+    common: dict[str, Any] = {"max_age": SESSION_TTL_S, "samesite": "strict", "path": "/"}
+    response.set_cookie(SESSION_COOKIE, sid, httponly=True, **common)
+    response.set_cookie(CSRF_COOKIE, session.csrf, httponly=False, **common)
+    return response
+
+
+@auth.post("/auth/logout", summary="End this browser's session", status_code=204)
+async def logout(request: Request) -> Response:
+    rt = runtime_of(request.app)
+    rt.sessions.drop(cookie(list(request.scope.get("headers", [])), SESSION_COOKIE))
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+@auth.get("/auth/me", summary="Whether this browser is logged in", response_model=MeOut)
+async def me(request: Request) -> dict[str, Any]:
+    rt = runtime_of(request.app)
+    session = rt.sessions.get(cookie(list(request.scope.get("headers", [])), SESSION_COOKIE))
+    return {"authenticated": session is not None or not rt.settings.api_require_token}
+
+
+@api.post(
+    "/files",
+    summary="Add a text or Markdown file (raw body), chunked into blocks",
+    response_model=FileAddedOut,
+)
+async def add_file(
+    rt: Rt, request: Request, name: Annotated[str, Query(min_length=1, max_length=128)]
+) -> dict[str, Any]:
+    if not _NAME.match(name):
+        raise InputError("only .md, .markdown, .txt or .text files with a plain name")
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_UPLOAD:
+            raise InputError(f"the file is larger than {MAX_UPLOAD // (1024 * 1024)} MiB")
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("the file is not UTF-8 text") from exc
+
+    def add() -> Any:
+        # Kept under HOME/uploads/<name>: the file is the blocks' source, so uploading
+        # the same file again stores nothing new, and a changed one adds its new chunks.
+        folder = rt.settings.home / "uploads"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / name
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(bytes(data))
+        tmp.replace(path)
+        return rt.node.add_files([path])
+
+    report = await rt.off.write(add)
+    return {
+        "file": name,
+        "chunks": report.chunks_stored,
+        "skipped": report.chunks_skipped,
+        "errors": [message for _path, message in report.errors],
+    }
+
+
+@api.get("/events", summary="Live updates (server-sent events): blocks, peers, sync")
+async def events(rt: Rt, request: Request) -> StreamingResponse:
+    async def stream() -> AsyncIterator[bytes]:
+        last: dict[str, str] = {}
+        yield b": connected\n\n"
+        while not await request.is_disconnected():
+            snapshot = await _snapshot(rt)
+            for name, data in snapshot.items():
+                text = json.dumps(data, sort_keys=True)
+                if last.get(name) != text:
+                    last[name] = text
+                    yield f"event: {name}\ndata: {text}\n\n".encode()
+            await asyncio.sleep(EVENT_INTERVAL_S)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def _snapshot(rt: Any) -> dict[str, Any]:
+    def blocks() -> dict[str, Any]:
+        rows = rt.node.store.db.read(
+            lambda c: c.all("SELECT id FROM blocks WHERE erased = 0 ORDER BY seq DESC LIMIT 5")
+        )
+        total = rt.node.store.db.read(
+            lambda c: c.one("SELECT COUNT(*) FROM blocks WHERE erased = 0")
+        )
+        return {"total": int(total[0]) if total else 0, "latest": [str(r[0]) for r in rows]}
+
+    out: dict[str, Any] = {"blocks": await rt.off.read(blocks)}
+    if rt.mesh is not None and rt.mesh.core is not None:
+        out["peers"] = {"peers": rt.mesh.peer_status()}
+        out["sync"] = await rt.mesh.sync_status()
+    return out
+
+
+_API_PREFIXES = ("/api/", "/v1/", "/auth/", "/docs", "/redoc", "/openapi.json")
+
+
+@static.get("/{path:path}")
+async def dashboard(path: str) -> Response:
+    """The dashboard: its files, and index.html for its client-side routes."""
+    if ("/" + path).startswith(_API_PREFIXES):
+        return error_response(404, "not_found", "no such route")
+    index = DIST / "index.html"
+    if not index.exists():
+        return error_response(
+            404, "not_found", "the dashboard is not built in this install (scripts/build-web)"
+        )
+    target = (DIST / path).resolve()
+    if path and target.is_file() and DIST.resolve() in target.parents:
+        return FileResponse(target)
+    return FileResponse(index, headers={"Cache-Control": "no-store"})
