@@ -3,6 +3,8 @@
 import { onMounted, onUnmounted, ref } from 'vue'
 
 const listeners = new Map() // event name -> Set of callbacks
+/** The last data of each event: the stream starts with a snapshot, then sends changes. */
+export const lastData = {}
 const NAMES = ['blocks', 'peers', 'sync']
 let source = null
 let retry = null
@@ -16,6 +18,7 @@ function dispatch(name, ev) {
   } catch {
     return
   }
+  lastData[name] = data
   for (const fn of listeners.get(name) || []) fn(data)
 }
 
@@ -39,6 +42,7 @@ export function startLive() {
 }
 
 export function stopLive() {
+  for (const key of Object.keys(lastData)) delete lastData[key]
   clearTimeout(retry)
   retry = null
   if (source) source.close()
@@ -57,4 +61,9 @@ export function onLive(name, fn) {
   let off = null
   onMounted(() => (off = subscribe(name, fn)))
   onUnmounted(() => off && off())
+}
+
+/** A key for a `blocks` event: changes when blocks arrive or are erased. */
+export function blocksKey(data) {
+  return data ? `${data.total}:${(data.latest || []).join(',')}` : null
 }

@@ -100,7 +100,7 @@ export default {
   'memory.forgetText':
     'Er wird auf jedem Gerät dieses Geistes gelöscht. Nur ein signierter Vermerk, dass er vergessen wurde, bleibt. Das lässt sich nicht rückgängig machen.',
   'memory.forgetConfirm': 'Auf allen Geräten löschen',
-  'memory.live': 'Neue Blöcke eingetroffen ({n}); die Liste ist aktualisiert.',
+  'memory.live': 'Neue oder gelöschte Blöcke eingetroffen; die Liste ist aktuell.',
   'memory.add': 'Fakt hinzufügen',
   'memory.factText': 'Fakt',
   'memory.factTags': 'Schlagwörter (durch Kommas getrennt)',
@@ -111,7 +111,8 @@ export default {
   'memory.uploadFile': 'Text- oder Markdown-Datei',
   'memory.uploadProgress': 'Fortschritt des Hochladens',
   'memory.uploading': 'Lädt hoch … {pct} %',
-  'memory.uploadDone': '{file}: {blocks} Blöcke aus {chunks} Abschnitten, {skipped} übersprungen, {indexed} indiziert.',
+  'memory.uploadDone': '{file}: {chunks} neue Blöcke gespeichert, {skipped} Abschnitte schon bekannt.',
+  'memory.uploadIndexed': '{n} für die Suche indiziert.',
   'memory.uploadErrors': 'Fehlgeschlagen:',
   'memory.index': 'Suchindex',
   'memory.indexStatus': '{vectors} Blöcke indiziert, {missing} nicht indiziert ({model}).',

@@ -100,7 +100,7 @@ export default {
   'memory.forgetText':
     'It will be erased on every device of this mind. Only a signed note that it was forgotten remains. This cannot be undone.',
   'memory.forgetConfirm': 'Erase on every device',
-  'memory.live': 'New blocks arrived ({n}); the list is updated.',
+  'memory.live': 'New or erased blocks arrived; the list is up to date.',
   'memory.add': 'Add a fact',
   'memory.factText': 'Fact',
   'memory.factTags': 'Tags (comma-separated)',
@@ -111,7 +111,8 @@ export default {
   'memory.uploadFile': 'Text or Markdown file',
   'memory.uploadProgress': 'Upload progress',
   'memory.uploading': 'Uploading… {pct}%',
-  'memory.uploadDone': '{file}: {blocks} blocks from {chunks} chunks, {skipped} skipped, {indexed} indexed.',
+  'memory.uploadDone': '{file}: {chunks} new blocks stored, {skipped} chunks already known.',
+  'memory.uploadIndexed': '{n} indexed for search.',
   'memory.uploadErrors': 'Failed:',
   'memory.index': 'Search index',
   'memory.indexStatus': '{vectors} blocks indexed, {missing} not indexed ({model}).',
