@@ -122,8 +122,11 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     check_bind(settings.api_host, settings.api_require_token)
     if settings.api_require_token:
         read_token(settings)
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    click.echo(f"KI_ana API on {base}  (docs: /docs)", err=True)
     click.echo(
-        f"KI_ana API on http://{settings.api_host}:{settings.api_port}  (docs: /docs)", err=True
+        f"Dashboard: {base}/  (log in with the token in {HomeLayout(settings.home).token})",
+        err=True,
     )
     run_server(settings)
 
