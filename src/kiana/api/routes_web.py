@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from kiana.api.deps import Rt, runtime_of
-from kiana.api.errors import error_response
+from kiana.api.errors import error_response, is_openai_path
 from kiana.api.schemas_mesh import FileAddedOut, LoginIn, LoginOut, MeOut
 from kiana.api.sessions import CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S, cookie
 from kiana.errors import InputError
@@ -146,7 +146,8 @@ _API_PREFIXES = ("/api/", "/v1/", "/auth/", "/docs", "/redoc", "/openapi.json")
 async def dashboard(path: str) -> Response:
     """The dashboard: its files, and index.html for its client-side routes."""
     if ("/" + path).startswith(_API_PREFIXES):
-        return error_response(404, "not_found", "no such route")
+        openai = is_openai_path("/" + path)
+        return error_response(404, "not_found", "no such route", openai=openai)
     index = DIST / "index.html"
     if not index.exists():
         return error_response(
