@@ -411,26 +411,6 @@ def test_upload_a_file_and_a_huge_one(
     expect(memory_items(page).first).to_contain_text("tomatoes")
 
 
-@pytest.mark.xfail(
-    reason="the API's general body limit (max_body_bytes + 64 KiB, about 1 MiB) applies to"
-    " /api/v1/files too, so uploads between that and 16 MiB are refused",
-    strict=False,
-)
-def test_upload_a_two_mib_file(page: Any, node_a: Server) -> None:
-    login(page, node_a.token, "/memory")
-    expect(memory_items(page).first).to_be_visible()
-    body = "".join(f"Line {i}: the attic holds box number {i}.\n" for i in range(48_000))
-    assert 2 << 20 > len(body) > 1 << 20
-    page.get_by_test_id("upload-input").set_input_files(
-        files=[{"name": "attic.txt", "mimeType": "text/plain", "buffer": body.encode()}]
-    )
-    expect(page.get_by_test_id("upload-result").or_(page.get_by_test_id("error"))).to_be_visible(
-        timeout=60_000
-    )
-    expect(page.get_by_test_id("error")).to_have_count(0)
-    expect(page.get_by_test_id("upload-result")).to_contain_text("attic.txt")
-
-
 def test_devices_pairing_then_a_second_nodes_fact_arrives_live(
     page: Any,
     node_a: Server,

@@ -79,6 +79,17 @@ def test_upload_a_markdown_file(api: ApiClient) -> None:
     assert huge.status_code in (400, 413)
 
 
+def test_uploads_up_to_16_mib_pass_the_body_limit(tmp_path: Path) -> None:
+    """The API's general body limit (~1 MiB) does not apply to file uploads."""
+    settings = make_home(tmp_path, KIANA_EMBEDDING_MODEL="off")  # chunking only: fast
+    with ApiClient(create_app(settings), settings) as api:
+        body = "".join(f"Line {i}: the attic holds box number {i}.\n" for i in range(40_000))
+        assert 2 << 20 > len(body) > 1 << 20
+        added = api.post("/api/v1/files", params={"name": "attic.txt"}, content=body.encode())
+        assert added.status_code == 200, added.text
+        assert added.json()["chunks"] > 100 and added.json()["errors"] == []
+
+
 def test_events_stream_reports_new_blocks(tmp_path: Path) -> None:
     """Over a real server (the in-process transport buffers whole bodies)."""
     from tests.chat_helpers import running_server, sse_events

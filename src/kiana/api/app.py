@@ -37,6 +37,7 @@ from kiana.offload import Offloader
 
 API_PREFIX = "/api/v1"
 IMPORT_PATH = f"{API_PREFIX}/import"
+FILES_PATH = f"{API_PREFIX}/files"
 BODY_SLACK = 64 * 1024  # JSON framing around a block body of max_body_bytes
 DEFAULT_MAX_IMPORT = 256 * 1024 * 1024
 
@@ -151,7 +152,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_body_bytes + BODY_SLACK,
-        path_limits={IMPORT_PATH: max_import_bytes},
+        path_limits={IMPORT_PATH: max_import_bytes, FILES_PATH: routes_web.MAX_UPLOAD},
     )
     app.add_middleware(BearerAuthMiddleware, open_paths=frozenset(open_paths))
     return app
