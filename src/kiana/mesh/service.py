@@ -156,14 +156,17 @@ class MeshService(DialerMixin, ChannelsMixin):
             with contextlib.suppress(Exception):
                 await self._discovery.close()
         if self.relay is not None:
-            await self.relay.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.relay.close(), 5.0)
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Every wait is bounded: stop() must return even if a task is slow to end.
+            _done, stuck = await asyncio.wait(list(self._tasks), timeout=5.0)
+            if stuck:
+                log.warning("%d mesh tasks did not end within 5 s of stop", len(stuck))
         for peer in self.peers.values():
             if peer.stream is not None:
                 await peer.stream.close()

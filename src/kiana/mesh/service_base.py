@@ -37,6 +37,9 @@ T = TypeVar("T")
 Handler = Callable[[str, str, bytes], Awaitable[None]]  # (sender, channel, body)
 
 
+DRAIN_TIMEOUT_S = 5.0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -94,5 +97,6 @@ class MeshBase:
     async def _flush(self, peer: _Peer) -> None:
         if peer.link is not None and peer.stream is not None:
             self._flush_stream(peer.stream, peer.link)
-            with contextlib.suppress(ConnectionError, OSError):
-                await peer.stream.drain()
+            # Bounded: a peer that stops reading must not stall the caller (e.g. stop()).
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(peer.stream.drain(), DRAIN_TIMEOUT_S)
