@@ -31,8 +31,23 @@ async def wait_same(*services: MeshService, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def dump_tasks_after(seconds: float) -> None:
+    """A watchdog: if the test is still running, print where every task waits."""
+    await asyncio.sleep(seconds)
+    for task in asyncio.all_tasks():
+        coro: object = task.get_coro()
+        where = []
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                where.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        print("TASK", task.get_name(), " <- ".join(where))
+
+
 def test_three_devices_converge_push_and_catch_up_after_a_restart(tmp_path: Path) -> None:
     async def main() -> None:
+        watchdog = asyncio.ensure_future(dump_tasks_after(80))
         sa = init_node(tmp_path / "a")
         a = await start_service(sa)
         sb = await pair_into(a, tmp_path / "b", "b")
@@ -72,5 +87,6 @@ def test_three_devices_converge_push_and_catch_up_after_a_restart(tmp_path: Path
         assert b.node.store.tombstone_for(fact.block.id) is not None
         for svc in (c, b, a):
             await stop_service(svc)
+        watchdog.cancel()
 
     asyncio.run(main())

@@ -144,7 +144,10 @@ class DataChannelCarrier:
 
     async def close(self) -> None:
         self._closed = True
-        await self.pc.close()
+        # Bounded, and without cancelling it: a second RTCPeerConnection.close() waits on
+        # the first, which never finishes if the first was cancelled half-way.
+        closing = asyncio.ensure_future(self.pc.close())
+        await asyncio.wait({closing}, timeout=3.0)
 
 
 class RtcManager:

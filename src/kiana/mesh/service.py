@@ -156,8 +156,12 @@ class MeshService(DialerMixin, ChannelsMixin):
             with contextlib.suppress(Exception):
                 await self._discovery.close()
         if self.relay is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.relay.close(), 5.0)
+            # Not wait_for: on a timeout it cancels and then waits for the cancellation,
+            # and aiortc's close can sit in shielded waits (a test run hung there).
+            closing = asyncio.ensure_future(self.relay.close())
+            _done, pending = await asyncio.wait({closing}, timeout=5.0)
+            if pending:
+                log.warning("WebRTC connections did not close within 5 s of stop")
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -167,9 +171,13 @@ class MeshService(DialerMixin, ChannelsMixin):
             _done, stuck = await asyncio.wait(list(self._tasks), timeout=5.0)
             if stuck:
                 log.warning("%d mesh tasks did not end within 5 s of stop", len(stuck))
-        for peer in self.peers.values():
-            if peer.stream is not None:
-                await peer.stream.close()
+        closers = [
+            asyncio.ensure_future(peer.stream.close())
+            for peer in self.peers.values()
+            if peer.stream is not None
+        ]
+        if closers:  # bounded too: closing a WebRTC connection can wait for ever
+            await asyncio.wait(closers, timeout=3.0)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
