@@ -64,7 +64,7 @@ import kiana.mesh.messenger as messenger_mod  # noqa: E402
 from kiana.config import Settings  # noqa: E402
 from kiana.mesh.envelope import Envelope, decode_ack, open_envelope, seal  # noqa: E402
 from kiana.mesh.link import PING, Link  # noqa: E402
-from kiana.mesh.message_store import SqlMessageStore  # noqa: E402
+from kiana.mesh.message_store_sql import SqlMessageStore  # noqa: E402
 from kiana.mesh.service import MeshService, now_ms  # noqa: E402
 from kiana.mesh.tcp import FramedStream  # noqa: E402
 from kiana.node import Node  # noqa: E402

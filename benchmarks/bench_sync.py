@@ -548,7 +548,7 @@ GROUPS = {
     "Messenger.receive (open + inbox INSERT)": "messenger.py:{}(receive)",
     "Messenger.poll (outbox due)": "messenger.py:{}(poll)",
     "Messenger.consume (inbox DELETE)": "messenger.py:{}(consume)",
-    "SqlMessageStore.remove_acked": "message_store.py:{}(remove_acked)",
+    "SqlMessageStore.remove_acked": "message_store_sql.py:{}(remove_acked)",
     "Link.send (Noise encrypt)": "link.py:{}(send)",
     "Link.receive_frame (Noise decrypt)": "link.py:{}(receive_frame)",
 }

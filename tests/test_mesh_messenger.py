@@ -31,11 +31,8 @@ from kiana.mesh.envelope import (
     peek_route,
     seal,
 )
-from kiana.mesh.message_store import (
-    MemoryMessageStore,
-    MessageStore,
-    SqlMessageStore,
-)
+from kiana.mesh.message_store import MemoryMessageStore, MessageStore
+from kiana.mesh.message_store_sql import SqlMessageStore
 from kiana.mesh.messenger import (
     MessageAcked,
     MessageExpired,

@@ -40,7 +40,7 @@ from kiana.mesh.dialer import DialerMixin, _make_rtc
 from kiana.mesh.health import Backoff
 from kiana.mesh.link import Link, LinkClosed, LinkData, LinkHealth, LinkUp
 from kiana.mesh.members import MemberDirectory
-from kiana.mesh.message_store import SqlMessageStore
+from kiana.mesh.message_store_sql import SqlMessageStore
 from kiana.mesh.messenger import Messenger
 from kiana.mesh.pairing_service import PairingService
 from kiana.mesh.service_base import Handler, _Peer, now_ms

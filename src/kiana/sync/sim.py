@@ -43,7 +43,7 @@ from kiana.errors import KianaError
 from kiana.home import HomeLayout
 from kiana.identity.mind import Genesis
 from kiana.ledger import Params, SqlLedgerStore
-from kiana.mesh.message_store import SqlMessageStore
+from kiana.mesh.message_store_sql import SqlMessageStore
 from kiana.mesh.messenger import Messenger
 from kiana.store import BlockStore
 from kiana.sync.core import NodeCore, Out
