@@ -30,9 +30,9 @@ from tests.mesh_helpers import (
     until_async,
 )
 
-from kiana.errors import ConfigError, FrameError, HandshakeError, MeshError
+from kiana.errors import ConfigError, FrameError, HandshakeError, MeshError, RelayError
 from kiana.mesh.rtc import DataChannelCarrier, RtcManager, ice_configuration
-from kiana.mesh.service import MeshService
+from kiana.mesh.service import MeshService, _link_rank
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -95,6 +95,31 @@ def test_webrtc_link_signalled_through_the_home_node(tmp_path: Path) -> None:
             assert await a.ping(b.node.device_id) < 5000
 
     asyncio.run(scenario())
+
+
+def test_a_tcp_link_is_never_replaced_by_a_webrtc_one(tmp_path: Path) -> None:
+    """An offer to a peer already linked over TCP is refused; TCP stays the link.
+
+    CI once saw C's link to A become WebRTC: C offered while A's TCP link was being
+    set up, both paths counted as "direct" and the tie-break kept C's WebRTC link.
+    """
+
+    async def scenario() -> None:
+        async with trio(tmp_path, seed=5) as (a, _, c):
+            tcp_remote = peer_of(c, a)["remote"]
+            assert c.relay is not None
+            with pytest.raises(RelayError, match="linked"):
+                await c.relay.connect(a.node.device_id)
+            await asyncio.sleep(0.3)
+            assert peer_of(c, a)["remote"] == tcp_remote
+            assert not peer_of(a, c)["remote"].startswith("webrtc")
+
+    asyncio.run(scenario())
+
+
+def test_link_rank_prefers_tcp_then_direct_webrtc_then_relayed() -> None:
+    assert _link_rank("direct", "127.0.0.1:7000") > _link_rank("direct", "webrtc:10.0.0.2:5 (host)")
+    assert _link_rank("direct", "webrtc:10.0.0.2:5 (srflx)") > _link_rank("relayed", "webrtc:x")
 
 
 # -- privacy: the default configuration contacts no STUN server ------------------------------

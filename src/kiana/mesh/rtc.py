@@ -288,6 +288,12 @@ class RtcManager:
             log.warning("unreadable WebRTC signal from %s", sender)
             return
         if kind == "offer":
+            peer = self.service.peers.get(sender)
+            if peer is not None and peer.link is not None and not peer.remote.startswith("webrtc"):
+                # a TCP link is better than any WebRTC path: do not build a second link
+                with contextlib.suppress(MeshError):
+                    self._signal(sender, {"type": "error", "id": session, "reason": "linked"})
+                return
             self.service._spawn(self._answer(sender, session, str(msg.get("sdp", ""))))
             return
         pending = self._pending.get(session)

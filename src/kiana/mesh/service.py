@@ -283,10 +283,13 @@ class MeshService(DialerMixin, ChannelsMixin):
         peer = self.peers.setdefault(device, _Peer(device))
         old = peer.link
         if old is not None and old is not state.link and old.state.value != "closed":
-            # Two links to one peer (both dialled at once, or an upgrade): keep the direct one;
-            # between equals keep the one the smaller device id initiated.
-            keep_new = (peer.kind == "relayed" and state.kind == "direct") or (
-                peer.kind == state.kind and (state.link.initiator == (self.node.device_id < device))
+            # Two links to one peer (both dialled at once, or an upgrade): keep the better one
+            # (TCP over a direct WebRTC path over a relayed one); between equals keep the one
+            # the smaller device id initiated.
+            old_rank = _link_rank(peer.kind, peer.remote)
+            new_rank = _link_rank(state.kind, state.stream.remote)
+            keep_new = new_rank > old_rank or (
+                new_rank == old_rank and (state.link.initiator == (self.node.device_id < device))
             )
             if not keep_new:
                 state.link.close("duplicate link")
@@ -324,3 +327,10 @@ class MeshService(DialerMixin, ChannelsMixin):
         await self._run(self.messenger.peer_down, state.peer)
         await self._run(self._core.peer_down, state.peer)
         self._wake.set()
+
+
+def _link_rank(kind: str, remote: str) -> int:
+    """How good a link is: 2 TCP, 1 WebRTC on a direct path, 0 relayed through TURN."""
+    if kind == "relayed":
+        return 0
+    return 1 if remote.startswith("webrtc") else 2
