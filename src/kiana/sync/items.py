@@ -3,6 +3,12 @@
 Reconciliation runs over *items*: ``(created ms, id)``. A live block is an item;
 an erased block is not (its content is gone) but its tombstone is, so erasures
 travel like anything else and a lagging peer learns of them.
+
+A tombstone has the scope of the block it erases, as far as this device knows it:
+the erased block's row stays (``erased = 1``, scope kept). A tombstone for a block
+this device never held is treated as private (only the devices of this device's
+person get it from here): it names the erased id, and the block may have been
+private. Devices that held the block classify it exactly and pass a shared one on.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def scan(store: BlockStore, cursor: Cursor) -> tuple[list[SyncItem], Cursor]:
         # ">=": tombstones stored in the same millisecond as the last scan are read again;
         # the caller's sets ignore repeats.
         tombs = c.all(
-            "SELECT t.stored, t.created, t.id, COALESCE(b.scope, 'shared') FROM tombstones t"
+            "SELECT t.stored, t.created, t.id, COALESCE(b.scope, 'private') FROM tombstones t"
             " LEFT JOIN blocks b ON b.id = t.erases WHERE t.stored >= ? ORDER BY t.stored",
             (cursor.tomb_stored,),
         )
