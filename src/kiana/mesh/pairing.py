@@ -4,22 +4,12 @@ The inviter runs a ``PairingHost`` that hands out codes (``invite``) and a
 ``HostSession`` per incoming attempt (``accept``); the new device runs a
 ``JoinerSession``. Every step takes the received bytes (and on the host the
 time in ms) and returns the bytes to send or a typed event; the shell moves the
-bytes (docs/mesh.md, "Pairing (SPAKE2)"). Messages are compact JSON objects::
+bytes (docs/mesh.md, "Pairing (SPAKE2)").
 
-    1 joiner → host  {"v":1,"t":"pake","nameplate":7,"msg":hex(33)}
-    2 host → joiner  {"v":1,"t":"pake","msg":hex(33),"confirm":hex(32)}
-    3 joiner → host  {"v":1,"t":"confirm","confirm":hex(32),"sealed":b64}
-                     sealed {"device","sign_key","box_key","name","new_person"}
-    4 host → joiner  {"v":1,"t":"sealed","sealed":b64}
-                     sealed {"t":"welcome","genesis":str,"records":[str]}
-                         or {"t":"refused","reason":str}
-    either way       {"v":1,"t":"abort","error":"wrong_pairing_code"}   (see abort_message)
-
-SPAKE2 runs with the joiner as side A (id ``kiana-joiner``) and the inviter as
-side B (id ``kiana-inviter``); the password is the whole code. From the shared
-key K: ``confirm_inviter = HMAC-SHA256(K, "…confirm-inviter")``, likewise for the
-joiner, and one SecretBox key per direction, ``HMAC-SHA256(K, "…seal-joiner")``
-and ``"…seal-inviter"``.
+This module is the inviter's side (``PairingHost``, ``HostSession``: open codes,
+the rate limit, messages 2 and 4); the joiner's side is in ``pairing_joiner.py``
+and the messages, keys and sealed boxes in ``pairing_wire.py``. Every public
+name of the three is importable from here.
 
 One guess per code: ``accept`` takes the code out of the open invitations
 before any key is computed, so whatever happens next (success, a wrong
@@ -32,84 +22,59 @@ to a store: the application admits the device after the ``JoinRequest``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
-import json
 import math
 import random
-import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
-from nacl.exceptions import CryptoError
-from nacl.secret import SecretBox
-from spake2 import SPAKE2_A, SPAKE2_B
-from spake2.ed25519_basic import NotOnCurve
-from spake2.spake2 import SPAKEError
+from spake2 import SPAKE2_B
 
 from kiana.errors import (
     CodeExpiredError,
     InputError,
-    KianaError,
     PairingError,
     RateLimitedError,
     WrongCodeError,
 )
-from kiana.identity.keys import DeviceKeys, device_id_for
-from kiana.identity.membership import parse_membership, replay_membership, valid_name
-from kiana.identity.mind import parse_genesis
 from kiana.mesh.codes import MAX_NAMEPLATE, PairingCode, new_code
+from kiana.mesh.pairing_joiner import JoinerSession, verify_welcome
+from kiana.mesh.pairing_wire import (
+    ID_INVITER,
+    ID_JOINER,
+    MAX_HANDSHAKE_BYTES,
+    MAX_RECORDS,
+    MAX_WELCOME_BYTES,
+    JoinRequest,
+    JoinResult,
+    SessionKeys,
+    abort_message,
+    clean_reason,
+    decode,
+    encode,
+    expect_state,
+    finish_spake,
+    hex_field,
+    join_request,
+    open_sealed,
+    seal,
+    spake_message,
+)
 
-ID_JOINER = b"kiana-joiner"
-ID_INVITER = b"kiana-inviter"
-_CONFIRM_INVITER = b"kiana:pairing:v1:confirm-inviter"
-_CONFIRM_JOINER = b"kiana:pairing:v1:confirm-joiner"
-_SEAL_JOINER = b"kiana:pairing:v1:seal-joiner"  # joiner → inviter
-_SEAL_INVITER = b"kiana:pairing:v1:seal-inviter"  # inviter → joiner
-
-MAX_HANDSHAKE_BYTES = 16 * 1024  # messages 1–3 and aborts
-MAX_WELCOME_BYTES = 16 * 1024 * 1024  # message 4: the genesis and every membership record
-MAX_RECORDS = 10_000
 ATTEMPTS_PER_MINUTE = 5
 ATTEMPT_WINDOW_MS = 60_000
 SESSION_TIMEOUT_MS = 120_000  # from accept to the joiner's confirmation
 MAX_OPEN_INVITATIONS = 100
-_SPAKE_MSG_BYTES = 33  # side byte + 32-byte group element
-_ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 
 
-# -- events and results ----------------------------------------------------------
+# -- the inviter -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Invitation:
     code: PairingCode
     expires: int  # ms
-
-
-@dataclass(frozen=True, slots=True)
-class JoinRequest:
-    """The joiner proved it knows the code and asks to be admitted."""
-
-    device: str
-    sign_key: bytes
-    box_key: bytes
-    name: str
-    new_person: str  # a name for a new person, or "" to join as the inviter's person
-
-
-@dataclass(frozen=True, slots=True)
-class JoinResult:
-    """What the joiner received: verified genesis and membership records (JSON texts)."""
-
-    genesis_json: str
-    member_records: tuple[str, ...]
-
-
-# -- the inviter -----------------------------------------------------------------
 
 
 class PairingHost:
@@ -164,13 +129,13 @@ class PairingHost:
         counts towards the rate limit (garbage too), except those the limit refuses.
         """
         self._check_rate(now)
-        msg = _decode(first_message, "pake", {"nameplate", "msg"})
+        msg = decode(first_message, "pake", {"nameplate", "msg"})
         nameplate = msg["nameplate"]
         if not isinstance(nameplate, int) or isinstance(nameplate, bool):
             raise PairingError("a pairing message names no code number")
         if not 1 <= nameplate <= MAX_NAMEPLATE:
             raise PairingError("a pairing message names an impossible code number")
-        spake_a = _spake_message(msg, b"A")
+        spake_a = spake_message(msg, b"A")
         self._expire(now)
         invitation = self._open.pop(nameplate, None)
         if invitation is None:
@@ -180,9 +145,9 @@ class PairingHost:
             )
         spake = SPAKE2_B(invitation.code.password, idA=ID_JOINER, idB=ID_INVITER)
         spake_b = spake.start()
-        keys = _SessionKeys(_finish(spake, spake_a))
+        keys = SessionKeys(finish_spake(spake, spake_a))
         session = HostSession(nameplate, keys, deadline=now + self._session_timeout)
-        reply = _encode({"t": "pake", "msg": spake_b.hex(), "confirm": keys.confirm_inviter.hex()})
+        reply = encode({"t": "pake", "msg": spake_b.hex(), "confirm": keys.confirm_inviter.hex()})
         return session, reply
 
     def _check_rate(self, now: int) -> None:
@@ -201,7 +166,7 @@ class PairingHost:
 class HostSession:
     """The inviter's side of one pairing attempt (after message 1)."""
 
-    def __init__(self, nameplate: int, keys: _SessionKeys, *, deadline: int) -> None:
+    def __init__(self, nameplate: int, keys: SessionKeys, *, deadline: int) -> None:
         self.nameplate = nameplate
         self.deadline = deadline
         self.request: JoinRequest | None = None
@@ -214,18 +179,18 @@ class HostSession:
 
     def receive(self, data: bytes, now: int) -> JoinRequest:
         """Message 3 (or an abort): check the joiner's confirmation, open its info."""
-        _expect_state(self._state, "confirm")
+        expect_state(self._state, "confirm")
         try:
             if now > self.deadline:
                 raise PairingError("the joining device took too long; make a new code")
-            msg = _decode(data, "confirm", {"confirm", "sealed"})
-            confirm = _hex_field(msg, "confirm", 32)
+            msg = decode(data, "confirm", {"confirm", "sealed"})
+            confirm = hex_field(msg, "confirm", 32)
             if not hmac.compare_digest(confirm, self._keys.confirm_joiner):
                 raise WrongCodeError(
                     "the joining device typed a wrong code; the code is now used up, make a new one"
                 )
-            info = _open_sealed(self._keys.seal_joiner, msg)
-            request = _join_request(info)
+            info = open_sealed(self._keys.seal_joiner, msg)
+            request = join_request(info)
         except PairingError:
             self._state = "failed"
             raise
@@ -235,7 +200,7 @@ class HostSession:
 
     def admit(self, genesis_json: str, member_records: list[str]) -> bytes:
         """Message 4: the sealed genesis and all membership records (the joiner's included)."""
-        _expect_state(self._state, "decide")
+        expect_state(self._state, "decide")
         if not isinstance(genesis_json, str) or not all(isinstance(r, str) for r in member_records):
             raise InputError("admit needs the genesis and the membership records as JSON text")
         body = {"t": "welcome", "genesis": genesis_json, "records": list(member_records)}
@@ -244,275 +209,24 @@ class HostSession:
 
     def refuse(self, reason: str) -> bytes:
         """Message 4 that turns the joiner away, with a short reason it will show."""
-        _expect_state(self._state, "decide")
+        expect_state(self._state, "decide")
         self._state = "done"
-        return self._seal({"t": "refused", "reason": _clean_reason(reason)})
+        return self._seal({"t": "refused", "reason": clean_reason(reason)})
 
     def _seal(self, body: dict[str, Any]) -> bytes:
-        return _encode({"t": "sealed", "sealed": _seal(self._keys.seal_inviter, body)})
-
-
-# -- the new device --------------------------------------------------------------
-
-
-class JoinerSession:
-    """The new device's side: ``start()``, then ``receive`` each answer until ``done``."""
-
-    def __init__(
-        self, code: PairingCode, keys: DeviceKeys, *, name: str, new_person: str = ""
-    ) -> None:
-        if not valid_name(name):
-            raise InputError("the device name must be 1–64 characters without control characters")
-        if new_person and not valid_name(new_person):
-            raise InputError("the person's name must be 1–64 characters without control characters")
-        self.code = code
-        self.keys = keys
-        self.name = name
-        self.new_person = new_person
-        self._spake = SPAKE2_A(code.password, idA=ID_JOINER, idB=ID_INVITER)
-        self._keys: _SessionKeys | None = None
-        self._result: JoinResult | None = None
-        self._state = "new"  # new -> pake -> welcome -> done; or failed
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def done(self) -> bool:
-        return self._state == "done"
-
-    @property
-    def result(self) -> JoinResult:
-        if self._result is None:
-            raise PairingError("pairing has not completed")
-        return self._result
-
-    def start(self) -> bytes:
-        """Message 1."""
-        _expect_state(self._state, "new")
-        self._state = "pake"
-        spake_a = self._spake.start()
-        return _encode({"t": "pake", "nameplate": self.code.nameplate, "msg": spake_a.hex()})
-
-    def receive(self, data: bytes) -> bytes | None:
-        """Message 2 → returns message 3; message 4 → returns None and sets ``result``."""
-        if self._state not in ("pake", "welcome"):
-            _expect_state(self._state, "pake")
-        try:
-            if self._state == "pake":
-                return self._on_pake(data)
-            self._on_welcome(data)
-            return None
-        except PairingError:
-            self._state = "failed"
-            raise
-
-    def _on_pake(self, data: bytes) -> bytes:
-        msg = _decode(data, "pake", {"msg", "confirm"})
-        spake_b = _spake_message(msg, b"B")
-        confirm = _hex_field(msg, "confirm", 32)
-        keys = _SessionKeys(_finish(self._spake, spake_b))
-        if not hmac.compare_digest(confirm, keys.confirm_inviter):
-            raise WrongCodeError("the code does not match; ask for a new one")
-        self._keys = keys
-        self._state = "welcome"
-        info = {
-            "device": self.keys.device_id,
-            "sign_key": self.keys.sign_public.hex(),
-            "box_key": self.keys.box_public.hex(),
-            "name": self.name,
-            "new_person": self.new_person,
-        }
-        sealed = _seal(keys.seal_joiner, info)
-        return _encode({"t": "confirm", "confirm": keys.confirm_joiner.hex(), "sealed": sealed})
-
-    def _on_welcome(self, data: bytes) -> None:
-        assert self._keys is not None
-        msg = _decode(data, "sealed", {"sealed"}, limit=MAX_WELCOME_BYTES)
-        body = _open_sealed(self._keys.seal_inviter, msg)
-        kind = body.get("t")
-        if kind == "refused" and set(body) == {"t", "reason"} and isinstance(body["reason"], str):
-            raise PairingError(f"the inviting device refused: {_clean_reason(body['reason'])}")
-        if kind != "welcome" or set(body) != {"t", "genesis", "records"}:
-            raise PairingError("the inviting device sent an unreadable answer")
-        genesis_json, records = body["genesis"], body["records"]
-        if (
-            not isinstance(genesis_json, str)
-            or not isinstance(records, list)
-            or len(records) > MAX_RECORDS
-            or not all(isinstance(r, str) for r in records)
-        ):
-            raise PairingError("the inviting device sent an unreadable answer")
-        verify_welcome(genesis_json, records, self.keys)
-        self._result = JoinResult(genesis_json, tuple(records))
-        self._state = "done"
-
-
-def verify_welcome(genesis_json: str, records: list[str], keys: DeviceKeys) -> None:
-    """Check the genesis, every record's chain of authority, and that ``keys``' device
-    was admitted (and not revoked). Raises ``PairingError``."""
-    try:
-        genesis = parse_genesis(genesis_json)
-        ordered = replay_membership(genesis, [parse_membership(r) for r in records])
-    except KianaError as exc:
-        raise PairingError(f"the inviting device sent an invalid mind: {exc.message}") from exc
-    me = keys.device_id
-    admitted = [
-        r
-        for r in ordered
-        if r.action == "add"
-        and r.device == me
-        and r.sign_key == keys.sign_public
-        and r.box_key == keys.box_public
-    ]
-    if not admitted:
-        raise PairingError("the inviting device did not admit this device")
-    if any(r.action == "revoke" and r.device == me for r in ordered):
-        raise PairingError("the inviting device sent a list in which this device is revoked")
-
-
-def abort_message(error: KianaError) -> bytes:
-    """What to send the other side when a step raised ``error`` (best effort)."""
-    return _encode({"t": "abort", "error": error.code})
-
-
-# -- wire helpers ----------------------------------------------------------------
-
-
-class _SessionKeys:
-    __slots__ = ("confirm_inviter", "confirm_joiner", "seal_inviter", "seal_joiner")
-
-    def __init__(self, key: bytes) -> None:
-        self.confirm_inviter = _mac(key, _CONFIRM_INVITER)
-        self.confirm_joiner = _mac(key, _CONFIRM_JOINER)
-        self.seal_joiner = _mac(key, _SEAL_JOINER)
-        self.seal_inviter = _mac(key, _SEAL_INVITER)
-
-
-def _mac(key: bytes, label: bytes) -> bytes:
-    return hmac.new(key, label, hashlib.sha256).digest()
-
-
-def _finish(spake: Any, message: bytes) -> bytes:
-    try:
-        key = spake.finish(message)
-    except (ValueError, SPAKEError, NotOnCurve) as exc:
-        raise PairingError("the other device sent an invalid key-exchange message") from exc
-    return bytes(key)
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps({"v": 1, **body}, separators=(",", ":")).encode("ascii")
-
-
-def _decode(
-    data: bytes, kind: str, fields: set[str], *, limit: int = MAX_HANDSHAKE_BYTES
-) -> dict[str, Any]:
-    """Parse a message of type ``kind`` with exactly ``fields``; an abort raises its error."""
-    if not isinstance(data, bytes | bytearray) or len(data) > limit:
-        raise PairingError("a pairing message is missing or too large")
-    try:
-        msg = json.loads(bytes(data))
-    except (ValueError, RecursionError) as exc:
-        raise PairingError("a pairing message is not valid JSON") from exc
-    if not isinstance(msg, dict) or msg.get("v") != 1 or isinstance(msg.get("v"), bool):
-        raise PairingError("a pairing message has an unknown format")
-    if msg.get("t") == "abort" and set(msg) == {"v", "t", "error"}:
-        _raise_remote(msg["error"])
-    if msg.get("t") != kind or set(msg) != {"v", "t", *fields}:
-        raise PairingError(f"expected a '{kind}' pairing message")
-    return msg
-
-
-_REMOTE_ERRORS: dict[str, tuple[type[PairingError], str]] = {
-    WrongCodeError.code: (WrongCodeError, "the code does not match; ask for a new one"),
-    CodeExpiredError.code: (
-        CodeExpiredError,
-        "the inviting device does not know this code: it expired or was already used; "
-        "ask for a new one",
-    ),
-    RateLimitedError.code: (RateLimitedError, "the inviting device got too many attempts; wait"),
-}
-
-
-def _raise_remote(code: object) -> NoReturn:
-    if isinstance(code, str) and code in _REMOTE_ERRORS:
-        error, message = _REMOTE_ERRORS[code]
-        raise error(message)
-    shown = code if isinstance(code, str) and _ERROR_CODE.match(code) else "unknown"
-    raise PairingError(f"the other device stopped pairing ({shown})")
-
-
-def _hex_field(msg: dict[str, Any], key: str, size: int) -> bytes:
-    value = msg[key]
-    if not isinstance(value, str) or len(value) != 2 * size:
-        raise PairingError(f"pairing field '{key}' has the wrong size")
-    try:
-        return bytes.fromhex(value)
-    except ValueError as exc:
-        raise PairingError(f"pairing field '{key}' is not hex") from exc
-
-
-def _spake_message(msg: dict[str, Any], side: bytes) -> bytes:
-    raw = _hex_field(msg, "msg", _SPAKE_MSG_BYTES)
-    if raw[:1] != side:
-        raise PairingError("a key-exchange message came from the wrong side")
-    return raw
-
-
-def _seal(key: bytes, body: dict[str, Any]) -> str:
-    plain = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    return base64.b64encode(bytes(SecretBox(key).encrypt(plain))).decode("ascii")
-
-
-def _open_sealed(key: bytes, msg: dict[str, Any]) -> dict[str, Any]:
-    text = msg["sealed"]
-    if not isinstance(text, str):
-        raise PairingError("a sealed pairing message is not text")
-    try:
-        plain = SecretBox(key).decrypt(base64.b64decode(text, validate=True))
-        body = json.loads(plain)
-    except (binascii.Error, CryptoError, ValueError, RecursionError) as exc:
-        raise PairingError("a sealed pairing message was tampered with or corrupted") from exc
-    if not isinstance(body, dict):
-        raise PairingError("a sealed pairing message holds no object")
-    return body
-
-
-def _join_request(info: dict[str, Any]) -> JoinRequest:
-    if set(info) != {"device", "sign_key", "box_key", "name", "new_person"} or not all(
-        isinstance(v, str) for v in info.values()
-    ):
-        raise PairingError("the joining device sent unreadable device information")
-    sign_key = _hex_field(info, "sign_key", 32)
-    box_key = _hex_field(info, "box_key", 32)
-    if device_id_for(sign_key) != info["device"]:
-        raise PairingError("the joining device's id is not the fingerprint of its key")
-    if not valid_name(info["name"]):
-        raise PairingError("the joining device sent an invalid device name")
-    if info["new_person"] and not valid_name(info["new_person"]):
-        raise PairingError("the joining device sent an invalid person name")
-    return JoinRequest(info["device"], sign_key, box_key, info["name"], info["new_person"])
-
-
-def _clean_reason(reason: str) -> str:
-    text = "".join(c for c in str(reason) if c.isprintable())[:200].strip()
-    return text or "no reason given"
-
-
-def _expect_state(state: str, wanted: str) -> None:
-    if state == wanted:
-        return
-    if state == "failed":
-        raise PairingError("this pairing attempt has already failed; start a new one")
-    if state == "done":
-        raise PairingError("this pairing attempt is already finished")
-    raise PairingError(f"pairing step out of order (at '{state}', not '{wanted}')")
+        return encode({"t": "sealed", "sealed": seal(self._keys.seal_inviter, body)})
 
 
 __all__ = [
     "ATTEMPTS_PER_MINUTE",
+    "ATTEMPT_WINDOW_MS",
+    "ID_INVITER",
+    "ID_JOINER",
+    "MAX_HANDSHAKE_BYTES",
+    "MAX_OPEN_INVITATIONS",
+    "MAX_RECORDS",
+    "MAX_WELCOME_BYTES",
+    "SESSION_TIMEOUT_MS",
     "HostSession",
     "Invitation",
     "JoinRequest",
