@@ -122,6 +122,7 @@ ROUTE_TESTS = {
     ("GET", "/auth/me"): "test_web_api::test_login_session_csrf_and_logout",
     ("POST", "/api/v1/files"): "test_web_api::test_upload_a_markdown_file",
     ("GET", "/api/v1/events"): "test_web_api::test_events_stream_reports_new_blocks",
+    ("POST", "/api/v1/auth/link"): "test_web_api::test_a_one_time_link_logs_in_once",
     ("GET", "/{path:path}"): "test_web_api::test_the_dashboard_is_served_and_matches_its_sources",
     ("GET", "/api/v1/ledger/head"): "test_ledger_service::test_pin_and_ledger_head_routes",
     ("GET", "/api/v1/pins"): "test_ledger_service::test_pin_and_ledger_head_routes",

@@ -24,6 +24,7 @@ from kiana.blocks import (
     parse_block,
     verify_block,
 )
+from kiana.changes import ChangeFeed, Topic
 from kiana.config import Settings, redact_url
 from kiana.errors import (
     BlockError,
@@ -100,6 +101,8 @@ class Node:
         # Embed on write: None = when the embedding stack is installed (decided on first write).
         self.auto_embed: bool | None = None
         self._vectors: VectorMemory | None = None
+        # Who wants to know that memory changed (the dashboard's live events, sync pushes).
+        self.changes = ChangeFeed()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class Node:
                 self.index_blocks([prior])
                 return Remembered(prior, created=False)
         self.store.put(block, verified=True)
+        self.changes.publish(Topic.BLOCKS, local=True)
         self.index_blocks([block])
         return Remembered(block, created=True)
 
@@ -245,6 +249,7 @@ class Node:
             report.chunks_skipped += skipped
             if blocks:
                 self.store.put_many(blocks, verified=True)
+                self.changes.publish(Topic.BLOCKS, local=True)
                 self.index_blocks(blocks)
             report.chunks_stored += len(blocks)
             report.files += 1
@@ -281,6 +286,8 @@ class Node:
         block = parse_block(record, max_body=self.settings.max_body_bytes)
         verify_block(block, self.store.device_key)
         result = self.store.put(block, verified=True)
+        if result is PutResult.STORED:
+            self.changes.publish(Topic.BLOCKS, local=True)
         if result is not PutResult.ERASED:
             self.index_blocks([block])
         return block, result.value
@@ -296,6 +303,7 @@ class Node:
             self.keys.signing, self.device_id, erases=full, created=now_ms(), reason=reason
         )
         self.store.erase(tomb, verified=True)
+        self.changes.publish(Topic.BLOCKS, local=True)
         self.unindex_blocks([full])
         return tomb
 

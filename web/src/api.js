@@ -146,8 +146,9 @@ export async function authenticated() {
   return !!(me && me.authenticated)
 }
 
-export async function login(token) {
-  return api.post('/auth/login', { token }, { noAuthRedirect: true })
+/** Log in with { token } (the API token) or { once } (a one-time link's nonce). */
+export async function login(credential) {
+  return api.post('/auth/login', credential, { noAuthRedirect: true })
 }
 
 export async function logout() {

@@ -19,8 +19,28 @@ export async function checkSession() {
   return session.authed
 }
 
-/** A login link (/login#token=XYZ) carries the token in the fragment. */
-export function tokenFromHash(hash) {
+/**
+ * What a login link carries in its fragment (never sent to the server):
+ * `/login#once=NONCE` (a one-time link from `kiana open`) or `/login#token=TOKEN`.
+ * Returns { once } or { token }, or null.
+ */
+export function credentialFromHash(hash) {
   const params = new URLSearchParams((hash || '').replace(/^#/, ''))
-  return params.get('token') || ''
+  const once = params.get('once')
+  if (once) return { once }
+  const token = params.get('token')
+  return token ? { token } : null
+}
+
+const LINK_MESSAGES = {
+  link_used: 'login.linkUsed',
+  link_expired: 'login.linkExpired',
+  link_invalid: 'login.linkInvalid',
+}
+
+/** The message key for a failed login, or null when the API's own message should show. */
+export function loginErrorKey(err) {
+  if (!err) return null
+  if (LINK_MESSAGES[err.code]) return LINK_MESSAGES[err.code]
+  return err.status === 401 ? 'login.wrong' : null
 }

@@ -1,12 +1,10 @@
-"""The dashboard's routes: login/logout, live events, file upload, and its static files."""
+"""The dashboard's routes: login/logout and one-time login links, live events, file upload,
+and its static files."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import json
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -14,8 +12,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from kiana.api.deps import Rt, runtime_of
 from kiana.api.errors import error_response, is_openai_path
-from kiana.api.schemas_mesh import FileAddedOut, LoginIn, LoginOut, MeOut
-from kiana.api.sessions import CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S, cookie
+from kiana.api.live import event_stream
+from kiana.api.schemas_mesh import FileAddedOut, LinkOut, LoginIn, LoginOut, MeOut
+from kiana.api.sessions import CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S, LinkCheck, cookie
 from kiana.errors import InputError
 from kiana.web import DIST
 
@@ -23,19 +22,37 @@ auth = APIRouter(tags=["dashboard"])
 api = APIRouter(tags=["dashboard"])
 static = APIRouter(include_in_schema=False)
 
-EVENT_INTERVAL_S = 1.0
 MAX_UPLOAD = 16 * 1024 * 1024
 _NAME = re.compile(r"^[\w][\w .-]{0,120}\.(md|markdown|txt|text)$", re.IGNORECASE)
 
 
+_LINK_ERRORS = {
+    LinkCheck.USED: ("link_used", "this login link was already used"),
+    LinkCheck.EXPIRED: ("link_expired", "this login link has expired"),
+    LinkCheck.UNKNOWN: ("link_invalid", "this login link is not valid for this node"),
+}
+
+
 @auth.post(
-    "/auth/login", summary="Exchange the API token for a session cookie", response_model=LoginOut
+    "/auth/login",
+    summary="Exchange the API token or a one-time link's nonce for a session cookie",
+    response_model=LoginOut,
 )
 async def login(request: Request, body: LoginIn) -> Response:
     rt = runtime_of(request.app)
     if not rt.sessions.allow_attempt():
         return error_response(429, "rate_limited", "too many failed logins; wait a minute")
-    if rt.token is None or not hmac.compare_digest(body.token.encode(), rt.token.encode()):
+    if body.once is not None:
+        check = rt.sessions.use_link(body.once)
+        if check is not LinkCheck.OK:
+            rt.sessions.failed()
+            code, message = _LINK_ERRORS[check]
+            return error_response(401, code, f"{message}; run 'kiana open' for a new one")
+    elif (
+        body.token is None
+        or rt.token is None
+        or not hmac.compare_digest(body.token.encode(), rt.token.encode())
+    ):
         rt.sessions.failed()
         return error_response(401, "unauthorized", "that is not this node's API token")
     sid, session = rt.sessions.create()
@@ -61,6 +78,16 @@ async def me(request: Request) -> dict[str, Any]:
     rt = runtime_of(request.app)
     session = rt.sessions.get(cookie(list(request.scope.get("headers", [])), SESSION_COOKIE))
     return {"authenticated": session is not None or not rt.settings.api_require_token}
+
+
+@api.post(
+    "/auth/link",
+    summary="A one-time login link for the dashboard (what `kiana open` opens)",
+    response_model=LinkOut,
+)
+async def login_link(rt: Rt) -> dict[str, Any]:
+    once = rt.sessions.new_link()
+    return {"path": f"/login#once={once}", "once": once, "expires_in_s": rt.sessions.link_ttl_s}
 
 
 @api.post(
@@ -105,38 +132,11 @@ async def add_file(
 
 @api.get("/events", summary="Live updates (server-sent events): blocks, peers, sync")
 async def events(rt: Rt, request: Request) -> StreamingResponse:
-    async def stream() -> AsyncIterator[bytes]:
-        last: dict[str, str] = {}
-        yield b": connected\n\n"
-        while not await request.is_disconnected():
-            snapshot = await _snapshot(rt)
-            for name, data in snapshot.items():
-                text = json.dumps(data, sort_keys=True)
-                if last.get(name) != text:
-                    last[name] = text
-                    yield f"event: {name}\ndata: {text}\n\n".encode()
-            await asyncio.sleep(EVENT_INTERVAL_S)
-
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        event_stream(rt, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
     )
-
-
-async def _snapshot(rt: Any) -> dict[str, Any]:
-    def blocks() -> dict[str, Any]:
-        rows = rt.node.store.db.read(
-            lambda c: c.all("SELECT id FROM blocks WHERE erased = 0 ORDER BY seq DESC LIMIT 5")
-        )
-        total = rt.node.store.db.read(
-            lambda c: c.one("SELECT COUNT(*) FROM blocks WHERE erased = 0")
-        )
-        return {"total": int(total[0]) if total else 0, "latest": [str(r[0]) for r in rows]}
-
-    out: dict[str, Any] = {"blocks": await rt.off.read(blocks)}
-    if rt.mesh is not None and rt.mesh.core is not None:
-        out["peers"] = {"peers": rt.mesh.peer_status()}
-        out["sync"] = await rt.mesh.sync_status()
-    return out
 
 
 _API_PREFIXES = ("/api/", "/v1/", "/auth/", "/docs", "/redoc", "/openapi.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class MeshDeviceOut(BaseModel):
@@ -185,7 +185,22 @@ class LedgerHeadOut(BaseModel):
 
 
 class LoginIn(BaseModel):
-    token: str = Field(min_length=1, max_length=512)
+    """Exactly one of ``token`` (the API token) or ``once`` (a one-time login link's nonce)."""
+
+    token: str | None = Field(None, min_length=1, max_length=512)
+    once: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LoginIn:
+        if (self.token is None) == (self.once is None):
+            raise ValueError("send either token or once")
+        return self
+
+
+class LinkOut(BaseModel):
+    path: str = Field(description="Open it on this node's address: /login#once=<nonce>.")
+    once: str = Field(description="The nonce: single use, 256 random bits.")
+    expires_in_s: float
 
 
 class LoginOut(BaseModel):

@@ -7,10 +7,20 @@ session cookie that changes anything (not GET/HEAD/OPTIONS) must repeat the CSRF
 value in ``X-CSRF-Token`` (double submit), so a forged form post from elsewhere
 fails even where SameSite is not honoured. Sessions live in memory: restarting
 the node logs browsers out. Failed logins are limited to 10 a minute.
+
+A one-time login link (``kiana open``, ``kiana serve``) carries a random nonce
+(256 bits) instead of the token: ``POST /api/v1/auth/link`` (authenticated) makes
+one, ``POST /auth/login`` with ``{"once": ...}`` exchanges it for the same
+cookies. A nonce works once and for ``LINK_TTL_S`` seconds; only its SHA-256 is
+kept, and a spent one is remembered for a while so the login page can say
+whether the link was used or expired. A wrong, used or expired nonce counts as
+a failed login.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import hmac
 import secrets
 import time
@@ -23,6 +33,22 @@ CSRF_HEADER = b"x-csrf-token"
 SESSION_TTL_S = 7 * 24 * 3600
 FAILED_LOGINS_PER_MINUTE = 10
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LINK_TTL_S = 60.0
+LINK_NONCE_BYTES = 32
+MAX_LINKS = 100  # open (unused, unexpired) links at once; the oldest goes first
+SPENT_MEMORY_S = 3600.0  # how long a used or expired link is told apart from a wrong one
+MAX_SPENT = 1000
+
+
+class LinkCheck(enum.Enum):
+    OK = "ok"
+    USED = "used"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+def _digest(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -35,6 +61,9 @@ class Session:
 class Sessions:
     items: dict[str, Session] = field(default_factory=dict)
     failures: deque[float] = field(default_factory=deque)
+    link_ttl_s: float = LINK_TTL_S
+    links: dict[str, float] = field(default_factory=dict)  # sha256(nonce) -> expires (monotonic)
+    spent: dict[str, tuple[LinkCheck, float]] = field(default_factory=dict)  # -> (why, forget at)
 
     def create(self) -> tuple[str, Session]:
         self._expire()
@@ -64,6 +93,38 @@ class Sessions:
 
     def failed(self) -> None:
         self.failures.append(time.time())
+
+    def new_link(self, now: float | None = None) -> str:
+        """A fresh one-time login nonce, valid for ``link_ttl_s`` seconds."""
+        now = time.monotonic() if now is None else now
+        self._expire_links(now)
+        while len(self.links) >= MAX_LINKS:
+            oldest = min(self.links, key=self.links.__getitem__)
+            del self.links[oldest]
+            self.spent[oldest] = (LinkCheck.EXPIRED, now + SPENT_MEMORY_S)
+        nonce = secrets.token_urlsafe(LINK_NONCE_BYTES)
+        self.links[_digest(nonce)] = now + self.link_ttl_s
+        return nonce
+
+    def use_link(self, nonce: str, now: float | None = None) -> LinkCheck:
+        """Spend a nonce: OK once, then USED; EXPIRED after its time; UNKNOWN if never made."""
+        now = time.monotonic() if now is None else now
+        self._expire_links(now)
+        key = _digest(nonce)
+        if self.links.pop(key, None) is not None:
+            self.spent[key] = (LinkCheck.USED, now + SPENT_MEMORY_S)
+            return LinkCheck.OK
+        why, _ = self.spent.get(key, (LinkCheck.UNKNOWN, 0.0))
+        return why
+
+    def _expire_links(self, now: float) -> None:
+        for key in [k for k, expires in self.links.items() if expires <= now]:
+            del self.links[key]
+            self.spent[key] = (LinkCheck.EXPIRED, now + SPENT_MEMORY_S)
+        for key in [k for k, (_, until) in self.spent.items() if until <= now]:
+            del self.spent[key]
+        while len(self.spent) > MAX_SPENT:  # oldest first (insertion order)
+            del self.spent[next(iter(self.spent))]
 
     def _expire(self) -> None:
         now = time.time()

@@ -1,12 +1,17 @@
-"""init, status, config show, serve."""
+"""init, status, config show, serve, open."""
 
 from __future__ import annotations
+
+import threading
+import time
+import webbrowser
 
 import click
 from rich.table import Table
 
-from kiana.cli.context import CliState, fmt_time, json_option, out, pass_state, print_json
-from kiana.config import SETTINGS, redact_url
+from kiana.cli.context import CliState, err, fmt_time, json_option, out, pass_state, print_json
+from kiana.cli.remote import Remote, RemoteError, running_node
+from kiana.config import SETTINGS, Settings, redact_url
 from kiana.home import HomeLayout, load_identity, read_token
 from kiana.node import Node
 
@@ -124,11 +129,54 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         read_token(settings)
     base = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(f"KI_ana API on {base}  (docs: /docs)", err=True)
-    click.echo(
-        f"Dashboard: {base}/  (log in with the token in {HomeLayout(settings.home).token})",
-        err=True,
-    )
+    click.echo(f"Dashboard: {base}/", err=True)
+    threading.Thread(target=_print_login_link, args=(settings,), daemon=True).start()
     run_server(settings)
 
 
-COMMANDS = (init, status, config, serve)
+SERVE_START_S = 60.0
+
+
+def _print_login_link(settings: Settings) -> None:
+    """Once the server answers, ask it for a one-time login link and print it (a thread)."""
+    deadline = time.monotonic() + SERVE_START_S
+    remote: Remote | None = None
+    while remote is None:
+        if time.monotonic() > deadline:
+            return  # it never came up: the server reports why
+        time.sleep(0.2)
+        remote = running_node(settings)
+    try:
+        link = remote.call("POST", "/api/v1/auth/link")
+    except RemoteError:
+        return
+    click.echo(
+        f"Log in: {remote.base}{link['path']}\n"
+        f"  (one-time link, valid for {link['expires_in_s']:g} s; kiana open makes a new one)",
+        err=True,
+    )
+
+
+@click.command("open")
+@click.option("--no-browser", is_flag=True, help="Only print the link; do not start a browser.")
+@json_option
+@pass_state
+def open_dashboard(state: CliState, no_browser: bool, as_json: bool) -> None:
+    """Open the dashboard, logged in, with a one-time link (needs kiana serve)."""
+    load_identity(state.settings)  # "run 'kiana init' first" before anything else
+    remote = running_node(state.settings)
+    if remote is None:
+        raise RemoteError("kiana serve is not running for this home; start it first", "not_running")
+    link = remote.call("POST", "/api/v1/auth/link")
+    url = remote.base + link["path"]
+    opened = False if no_browser else webbrowser.open(url)
+    if as_json:
+        print_json({"url": url, "expires_in_s": link["expires_in_s"], "browser": opened})
+        return
+    out.print(url)
+    if not no_browser and not opened:
+        err.print("No browser could be started: open the link above yourself.")
+    err.print(f"(works once, for {link['expires_in_s']:g} s)")
+
+
+COMMANDS = (init, status, config, serve, open_dashboard)

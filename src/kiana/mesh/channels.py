@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from kiana.changes import ChangeWatch, Topic
 from kiana.errors import FrameError, KianaError, MeshError, PeerUnreachableError
 from kiana.ledger import SqlLedgerStore
 from kiana.mesh.health import PeerState
@@ -187,30 +188,37 @@ class ChannelsMixin(MeshBase):
 
     async def _on_core(self, sender: str, channel: str, body: bytes) -> None:
         await self._send_core(await self._run(self._core.handle, sender, channel, body, now_ms()))
+        self.node.changes.publish(Topic.SYNC)
 
     async def _send_core(self, out: list[tuple[str, str, bytes]]) -> None:
         for peer, channel, body in out:
             await self.send(peer, channel, body, ttl_ms=SYNC_TTL_MS)
 
     async def _sync_loop(self) -> None:
-        """Push local writes (from any process) at once; re-reconcile now and then."""
-        while True:
-            try:
-                await self._send_core(await self._run(self._core.tick, now_ms()))
-            except KianaError as exc:  # e.g. the store is briefly unavailable: try again
-                log.warning("sync tick failed: %s", exc.code)
-                await asyncio.sleep(1.0)
-            if self._to_index or self._to_unindex:
-                blocks, self._to_index = self._to_index, []
-                gone, self._to_unindex = self._to_unindex, []
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._embed, self._index, blocks, gone)
-            await asyncio.sleep(SYNC_TICK_S)
+        """Push local writes at once (this process's when they happen, another process's
+        within a tick); re-reconcile now and then."""
+        with ChangeWatch(self.node.changes, (Topic.BLOCKS,), local_only=True) as written:
+            while True:
+                try:
+                    out = await self._run(self._core.tick, now_ms())
+                    await self._send_core(out)
+                    if out:
+                        self.node.changes.publish(Topic.SYNC)
+                except KianaError as exc:  # e.g. the store is briefly unavailable: try again
+                    log.warning("sync tick failed: %s", exc.code)
+                    await asyncio.sleep(1.0)
+                if self._to_index or self._to_unindex:
+                    blocks, self._to_index = self._to_index, []
+                    gone, self._to_unindex = self._to_unindex, []
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(self._embed, self._index, blocks, gone)
+                await written.wait(SYNC_TICK_S)
 
     def _stored(self, blocks: list[Any], erased: list[str]) -> None:
         """Called by the sync engine (store thread): embed new blocks later, on another thread."""
         self._to_index.extend(blocks)
         self._to_unindex.extend(erased)
+        self.node.changes.publish(Topic.BLOCKS)  # the dashboard shows them at once
 
     def _index(self, blocks: list[Any], erased: list[str]) -> None:
         if erased:

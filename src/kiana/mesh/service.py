@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kiana.changes import Topic
 from kiana.config import Settings
 from kiana.errors import FrameError, MeshError, PeerUnreachableError
 from kiana.mesh.carrier import Carrier
@@ -264,6 +265,7 @@ class MeshService(DialerMixin, ChannelsMixin):
                 await self._on_data(state.peer, event.payload)
             elif isinstance(event, LinkHealth):
                 log.info("peer health: %s", event.state.value)
+                self.node.changes.publish(Topic.PEERS)
             elif isinstance(event, LinkClosed) and event.error is not None:
                 log.warning(
                     "link with %s closed: %s (%s)",
@@ -311,6 +313,7 @@ class MeshService(DialerMixin, ChannelsMixin):
         await self.send(device, MEMBERS_CHANNEL, self.directory.records_blob(), ttl_ms=60_000)
         self._wake.set()
         self._pump_wake.set()
+        self.node.changes.publish(Topic.PEERS)
 
     async def _link_gone(self, state: _LinkRun) -> None:
         if state.peer is None:
@@ -327,6 +330,7 @@ class MeshService(DialerMixin, ChannelsMixin):
         await self._run(self.messenger.peer_down, state.peer)
         await self._run(self._core.peer_down, state.peer)
         self._wake.set()
+        self.node.changes.publish(Topic.PEERS)
 
 
 def _link_rank(kind: str, remote: str) -> int:

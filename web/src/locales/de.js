@@ -23,13 +23,16 @@ export default {
   'common.actions': 'Aktionen',
 
   'login.title': 'Anmelden',
-  'login.intro': 'Füge das API-Token dieses Knotens ein (kiana serve zeigt einen Anmeldelink; das Token steht in ~/.kiana/api-token).',
+  'login.intro': 'Führe „kiana open“ auf diesem Rechner aus (ein einmaliger Anmeldelink) oder füge das API-Token dieses Knotens ein (es steht in ~/.kiana/api-token).',
   'login.token': 'API-Token',
   'login.submit': 'Anmelden',
   'login.busy': 'Melde an …',
   'login.empty': 'Gib das API-Token ein.',
   'login.wrong': 'Falsches Token. Bitte prüfen und erneut versuchen.',
   'login.expired': 'Die Sitzung ist abgelaufen. Bitte erneut anmelden.',
+  'login.linkUsed': 'Dieser Anmeldelink wurde schon benutzt. „kiana open“ erzeugt einen neuen, oder füge das API-Token ein.',
+  'login.linkExpired': 'Dieser Anmeldelink ist abgelaufen (Links gelten 60 Sekunden). „kiana open“ erzeugt einen neuen, oder füge das API-Token ein.',
+  'login.linkInvalid': 'Dieser Anmeldelink gilt nicht für diesen Knoten (wurde er neu gestartet?). „kiana open“ erzeugt einen neuen, oder füge das API-Token ein.',
 
   'chat.title': 'Chat',
   'chat.conversations': 'Unterhaltungen',

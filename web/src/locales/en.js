@@ -23,13 +23,16 @@ export default {
   'common.actions': 'Actions',
 
   'login.title': 'Log in',
-  'login.intro': 'Paste the API token of this node (kiana serve prints a login link; the token is in ~/.kiana/api-token).',
+  'login.intro': 'Run “kiana open” on this computer for a one-time login link, or paste the API token of this node (it is in ~/.kiana/api-token).',
   'login.token': 'API token',
   'login.submit': 'Log in',
   'login.busy': 'Logging in…',
   'login.empty': 'Enter the API token.',
   'login.wrong': 'Wrong token. Check it and try again.',
   'login.expired': 'Your session expired. Please log in again.',
+  'login.linkUsed': 'This login link was already used. Run “kiana open” for a new one, or paste the API token.',
+  'login.linkExpired': 'This login link has expired (links last 60 seconds). Run “kiana open” for a new one, or paste the API token.',
+  'login.linkInvalid': 'This login link is not valid for this node (was it restarted?). Run “kiana open” for a new one, or paste the API token.',
 
   'chat.title': 'Chat',
   'chat.conversations': 'Conversations',
