@@ -23,6 +23,9 @@ from kiana.ledger.records import (
     member_record,
     merkle_root,
     parse_record,
+    private_commit_token,
+    private_erase_token,
+    private_record,
 )
 from kiana.ledger.state import DEFAULT_PARAMS, ChainState, Params, genesis_state
 from kiana.ledger.store import LedgerStore, MemoryLedgerStore, SqlLedgerStore
@@ -53,6 +56,9 @@ __all__ = [
     "merkle_root",
     "parse_block",
     "parse_record",
+    "private_commit_token",
+    "private_erase_token",
+    "private_record",
     "seal",
     "verify_block",
     "verify_chain",

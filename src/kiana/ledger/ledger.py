@@ -5,6 +5,16 @@ and returns events and blocks to send; it never touches the network or a clock. 
 ``LedgerStore`` given to it is written through (blocks first, then pending changes), and
 ``Ledger.open`` rebuilds everything from one, verifying every block again from genesis.
 
+Sealing rule (local, never part of verification): with a ``vouch`` given, an authority
+seals a ``commit`` or ``erase`` record only if ``vouch`` says this device holds what it
+names (a verified block or its tombstone; the tombstone) and the device that wrote it is
+a member on the chain at that point (a member record earlier in the same block counts).
+Other records wait in the pool until then (the block may still be on its way). Blocks
+from peers are never judged by this rule: whether a device holds a knowledge block
+depends on what reached it, and a verification rule that did would split the chain.
+``private`` records (blinded, see ``kiana.ledger.records``) cannot be checked outside
+their person and are sealed like member records, on the chain rules alone.
+
 Invariant: every record the ledger has heard of is either committed on the head chain or
 in ``pending``. On a reorg the records of the losing branch that the new head chain lacks
 go back to ``pending`` and are sealed again; records of valid blocks off the head chain
@@ -13,7 +23,7 @@ are pending too. Nothing committed is ever dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kiana.identity.keys import DeviceKeys
@@ -34,6 +44,11 @@ from kiana.ledger.state import (
 from kiana.ledger.store import LedgerStore
 
 MAX_ORPHANS = 4096
+VOUCHED_KINDS = ("commit", "erase")
+
+Vouch = Callable[[Sequence[Record]], dict[str, str]]
+"""Of these ``commit``/``erase`` records, the ones this device may seal: record id -> the
+device that must be a member on the chain for it ("" if none); a record left out waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +90,16 @@ class _Node:
 
 class Ledger:
     def __init__(
-        self, genesis: Genesis, *, store: LedgerStore | None = None, params: Params = DEFAULT_PARAMS
+        self,
+        genesis: Genesis,
+        *,
+        store: LedgerStore | None = None,
+        params: Params = DEFAULT_PARAMS,
+        vouch: Vouch | None = None,
     ) -> None:
         self.genesis = genesis
         self.params = params
+        self.vouch = vouch  # the sealing rule's local check (None: seal on the chain rules)
         self._store = store
         root = genesis_block(genesis)
         self._nodes: dict[str, _Node] = {root.hash: _Node(root, genesis_state(genesis), 0)}
@@ -170,12 +191,20 @@ class Ledger:
         """Pending records that hold on ``state``, oldest first (repeated for dependencies)."""
         chosen: list[Record] = []
         left = list(self._pending.values())
+        authors: dict[str, str] = {}
+        if self.vouch is not None:
+            checked = [r for r in left if r.kind in VOUCHED_KINDS]
+            authors = self.vouch(checked) if checked else {}
+            left = [r for r in left if r.kind not in VOUCHED_KINDS or r.id in authors]
         progress = True
         while left and progress and len(chosen) < self.params.max_records:
             progress = False
             for r in list(left):
                 if len(chosen) >= self.params.max_records:
                     break
+                author = authors.get(r.id)
+                if author and not state.is_member(author):
+                    continue  # its member record may come later in this block or the next
                 try:
                     state = apply_records(state, [r])
                 except LedgerError:
@@ -297,4 +326,4 @@ class Ledger:
         return below
 
 
-__all__ = ["Accepted", "Ledger", "LedgerEvent", "Orphan", "Rejected", "Reorg"]
+__all__ = ["Accepted", "Ledger", "LedgerEvent", "Orphan", "Rejected", "Reorg", "Vouch"]

@@ -6,6 +6,16 @@ A record is one fact the mind agrees on, as a canonical JSON object
     {"v": 1, "kind": "member", "record": "<membership record, canonical JSON text>"}
     {"v": 1, "kind": "commit", "block": "<knowledge block id>"}
     {"v": 1, "kind": "erase",  "tombstone": "<tombstone id>", "block": "<erased block id>"}
+    {"v": 1, "kind": "private", "token": "<blinded commit or erasure of a private block>"}
+
+The ledger is shared by every device of the mind, private memory is not: a private
+block's id must never reach another person's device. So a private block is committed as
+a ``private`` record whose token is ``private_commit_token`` (SHA-256 over a domain, the
+block id and the author's Ed25519 signature of it), and the erasure of a private block
+as one whose token is ``private_erase_token`` (the same over the tombstone). Ed25519 is
+deterministic, so every device that holds the block or tombstone recomputes the token,
+while nobody else can test a guessed block against it (that needs the author's key).
+The record does not even say whether it blinds a commit or an erasure.
 
 ``"vote"`` and ``"rotate"`` are reserved for later issues and refused with
 ``UnsupportedRecordError``. A record's id is the lowercase hex SHA-256 of its canonical
@@ -32,18 +42,21 @@ from kiana.errors import BlockError
 from kiana.identity.membership import MembershipRecord, parse_membership, record_json
 from kiana.ledger.errors import MalformedLedgerError, UnsupportedRecordError
 
-KINDS = ("member", "commit", "erase")
+KINDS = ("member", "commit", "erase", "private")
 RESERVED_KINDS = ("vote", "rotate")
 MAX_RECORD_BYTES = 8192
 
 _LEAF = b"kiana:ledger:leaf\x00"
 _NODE = b"kiana:ledger:node\x00"
 _EMPTY = b"kiana:ledger:empty\x00"
+_PRIVATE_COMMIT = b"kiana:ledger:private-commit\x00"
+_PRIVATE_ERASE = b"kiana:ledger:private-erase\x00"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = {
     "member": frozenset({"v", "kind", "record"}),
     "commit": frozenset({"v", "kind", "block"}),
     "erase": frozenset({"v", "kind", "tombstone", "block"}),
+    "private": frozenset({"v", "kind", "token"}),
 }
 
 
@@ -55,6 +68,7 @@ class Record:
     record: str = ""  # member: membership record JSON text
     block: str = ""  # commit: knowledge block id; erase: the erased block's id
     tombstone: str = ""  # erase: the tombstone's id
+    token: str = ""  # private: ``private_commit_token`` or ``private_erase_token``
     id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +81,8 @@ class Record:
             out["record"] = self.record
         elif self.kind == "commit":
             out["block"] = self.block
+        elif self.kind == "private":
+            out["token"] = self.token
         else:
             out["tombstone"] = self.tombstone
             out["block"] = self.block
@@ -94,13 +110,35 @@ def erase_record(tombstone_id: str, block_id: str) -> Record:
     return Record("erase", tombstone=tombstone_id, block=block_id)
 
 
+def private_record(token: str) -> Record:
+    return Record("private", token=token)
+
+
+def private_commit_token(block_id: str, sig: str) -> str:
+    """The token that commits private block ``block_id`` (``sig``: its author's signature)."""
+    return _token(_PRIVATE_COMMIT, block_id, sig)
+
+
+def private_erase_token(tombstone_id: str, sig: str) -> str:
+    """The token that records the erasure of a private block by tombstone ``tombstone_id``."""
+    return _token(_PRIVATE_ERASE, tombstone_id, sig)
+
+
+def _token(domain: bytes, item_id: str, sig: str) -> str:
+    try:
+        raw = bytes.fromhex(item_id) + bytes.fromhex(sig)
+    except ValueError as exc:
+        raise MalformedLedgerError("a private token needs a hex id and signature") from exc
+    return hashlib.sha256(domain + raw).hexdigest()
+
+
 def _check(r: Record) -> None:
     if r.kind in RESERVED_KINDS:
         raise UnsupportedRecordError(f"ledger records of kind '{r.kind}' are not supported yet")
     if r.kind not in KINDS:
         raise MalformedLedgerError("unknown ledger record kind")
     if r.kind == "member":
-        if r.block or r.tombstone:
+        if r.block or r.tombstone or r.token:
             raise MalformedLedgerError("a member record carries only a membership record")
         try:
             parsed = parse_membership(r.record)
@@ -109,7 +147,13 @@ def _check(r: Record) -> None:
         if record_json(parsed) != r.record:
             raise MalformedLedgerError("a member record's membership record is not canonical")
         return
-    if r.record or (r.kind == "commit" and r.tombstone):
+    if r.kind == "private":
+        if r.record or r.block or r.tombstone:
+            raise MalformedLedgerError("a private record carries only its token")
+        if not HEX64.match(r.token):
+            raise MalformedLedgerError("a private record's token is lowercase hex SHA-256")
+        return
+    if r.record or r.token or (r.kind == "commit" and r.tombstone):
         raise MalformedLedgerError(f"a {r.kind} record has fields of another kind")
     if not HEX64.match(r.block) or (r.kind == "erase" and not HEX64.match(r.tombstone)):
         raise MalformedLedgerError(f"a {r.kind} record needs lowercase hex SHA-256 ids")
@@ -180,6 +224,9 @@ __all__ = [
     "member_record",
     "merkle_root",
     "parse_record",
+    "private_commit_token",
+    "private_erase_token",
+    "private_record",
     "record_from_dict",
     "record_text",
 ]

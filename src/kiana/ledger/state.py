@@ -71,6 +71,7 @@ class ChainState:
     mind: str
     authorities: tuple[tuple[str, bytes], ...]  # (device id, signing key), sorted by id
     known: frozenset[str]  # every device ever added or revoked on this chain
+    revoked: frozenset[str] = frozenset()  # devices revoked on this chain
     last_sealed: tuple[tuple[str, int, int], ...] = ()  # (device, height, time), sorted
 
     def key(self, device: str) -> bytes | None:
@@ -78,6 +79,10 @@ class ChainState:
             if d == device:
                 return k
         return None
+
+    def is_member(self, device: str) -> bool:
+        """Whether ``device`` is a member (added, not revoked) on this chain."""
+        return device in self.known and device not in self.revoked
 
     def signers(self) -> tuple[str, ...]:
         return tuple(d for d, _ in self.authorities)
@@ -128,7 +133,12 @@ def _apply_member(state: ChainState, r: Record) -> ChainState:
     auth = tuple(a for a in state.authorities if a[0] != m.device)
     if not auth:
         raise InvalidRecordError(f"member record {r.id[:12]} would revoke the last authority")
-    return replace(state, authorities=auth, known=state.known | {m.device})
+    return replace(
+        state,
+        authorities=auth,
+        known=state.known | {m.device},
+        revoked=state.revoked | {m.device},
+    )
 
 
 def note_sealed(state: ChainState, signer: str, height: int, time: int) -> ChainState:

@@ -22,10 +22,19 @@ import logging
 import os
 from collections.abc import Callable
 
+from kiana.blocks import Block
 from kiana.errors import KianaError
 from kiana.identity.keys import DeviceKeys
 from kiana.identity.mind import Genesis
-from kiana.ledger import DEFAULT_PARAMS, Ledger, LedgerStore, Params, commit_record
+from kiana.ledger import (
+    DEFAULT_PARAMS,
+    Ledger,
+    LedgerStore,
+    Params,
+    commit_record,
+    private_commit_token,
+    private_record,
+)
 from kiana.store import BlockStore
 from kiana.sync.crdt import OpStore, SharedState
 from kiana.sync.engine import RESYNC_MS, SYNC_CHANNEL, SyncEngine
@@ -64,7 +73,12 @@ class NodeCore:
             node_store,
             me=self.me,
             same_person=same_person,
-            admit=admission(node_store, my_person, committed=self._block_committed),
+            admit=admission(
+                node_store,
+                my_person,
+                committed=self._block_committed,
+                committed_private=self._private_committed,
+            ),
             may_erase=may_erase(node_store),
             resync_ms=resync_ms,
             rng_bytes=rng_bytes,
@@ -79,6 +93,15 @@ class NodeCore:
             return self.ledger.is_committed(commit_record(record_id).id)
         except KianaError:
             return False
+
+    def _private_committed(self, block: Block) -> bool:
+        if block.scope != "private":
+            return False
+        try:
+            token = private_commit_token(block.id, block.sig)
+        except KianaError:
+            return False
+        return self.ledger.is_committed(private_record(token).id)
 
     # -- links ----------------------------------------------------------------------------
 

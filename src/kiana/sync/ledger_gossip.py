@@ -2,11 +2,17 @@
 
 ``LedgerGossip`` glues one device's ``Ledger`` to its peers and to its block store:
 
-* records: every knowledge block this device authors gets ``commit_record(id)``, every
-  tombstone it authors ``erase_record(tomb, block)`` (found by scanning the store, so
-  writes by other processes count too); membership records of the devices table are
-  added once at start. Pending records go to every up peer once (members relay them,
-  authorities seal them), and again after a restart or a new link;
+* records: every shared knowledge block this device authors gets ``commit_record(id)``,
+  every tombstone of a shared block it authors ``erase_record(tomb, block)``; private
+  blocks and their tombstones get blinded ``private_record`` tokens instead, so the
+  shared ledger never names a private id (found by scanning the store, so writes by
+  other processes count too; a tombstone whose block is not here counts as private);
+  membership records of the devices table are added at start and whenever the table
+  changes. Pending records go to every up peer once (members relay them, authorities
+  seal them), and again after a restart or a new link;
+* sealing: an authority seals a commit only for a block its store holds (verified on
+  the way in) or has the tombstone of, an erasure only for a tombstone it holds, and
+  only once the writer is a member on the chain (``Ledger.vouch``); others wait;
 * heads: on a new link and whenever our head changes we tell each up peer our head,
   or, if we know its head and ours is heavier, send the blocks it lacks (from the
   common ancestor up); a head we do not know is asked for by hash (``get``), and a
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from kiana.errors import KianaError
@@ -36,8 +43,19 @@ from kiana.identity.membership import parse_membership
 from kiana.ledger import Ledger, LedgerBlock, Orphan, Record, Rejected
 from kiana.ledger.chain import block_from_dict
 from kiana.ledger.forkchoice import heavier
-from kiana.ledger.records import HEX64, commit_record, erase_record, member_record, record_from_dict
+from kiana.ledger.records import (
+    HEX64,
+    commit_record,
+    erase_record,
+    member_record,
+    private_commit_token,
+    private_erase_token,
+    private_record,
+    record_from_dict,
+)
 from kiana.store import BlockStore
+from kiana.store.db import Conn
+from kiana.store.rows import chunked_list
 
 log = logging.getLogger("kiana.sync.ledger")
 
@@ -47,6 +65,8 @@ BATCH_BYTES = 480_000
 RECORDS_PER_MESSAGE = 500
 HEAD_MS = 10_000
 ASK_AGAIN_MS = 5_000
+MEMBERS_MS = 2_000  # how often the devices table is checked for new membership records
+VOUCH_AGAIN_MS = 1_000  # how often a record not yet sealable is checked again
 
 Send = tuple[str, bytes]
 
@@ -69,15 +89,26 @@ class LedgerGossip:
         self._block_seq = 0
         self._tomb_stored = -1
         self._next_head = 0
+        self._members_seen: tuple[tuple[str, str], ...] = ()
+        self._next_members = 0
+        self._vouched: dict[str, str] = {}  # record id -> device that must be a member
+        self._unvouched: dict[str, int] = {}  # record id -> when it was last found lacking
+        self._now = 0
         self.rejected = 0
         self.proposed = 0
         self._add_members()
+        ledger.vouch = self._vouch
 
     # -- records of this store --------------------------------------------------------------
 
     def _add_members(self) -> None:
+        devices = self.store.devices()
+        seen = tuple((d.device_id, d.record) for d in devices)
+        if seen == self._members_seen:
+            return
+        self._members_seen = seen
         records: list[Record] = []
-        for device in self.store.devices():
+        for device in devices:
             if device.device_id == self.ledger.genesis.device:
                 continue
             try:
@@ -91,13 +122,15 @@ class LedgerGossip:
         me, seq, stored = self.me, self._block_seq, self._tomb_stored
         blocks = self.store.db.read(
             lambda c: c.all(
-                "SELECT seq, id FROM blocks WHERE seq > ? AND author = ? ORDER BY seq", (seq, me)
+                "SELECT seq, id, scope, sig FROM blocks WHERE seq > ? AND author = ? ORDER BY seq",
+                (seq, me),
             )
         )
         tombs = self.store.db.read(
             lambda c: c.all(
-                "SELECT stored, id, erases FROM tombstones WHERE stored >= ? AND author = ?"
-                " ORDER BY stored, id",
+                "SELECT t.stored, t.id, t.erases, t.sig, b.scope FROM tombstones t"
+                " LEFT JOIN blocks b ON b.id = t.erases WHERE t.stored >= ? AND t.author = ?"
+                " ORDER BY t.stored, t.id",
                 (stored, me),
             )
         )
@@ -105,10 +138,83 @@ class LedgerGossip:
         if top and top[0] is not None:
             self._block_seq = max(self._block_seq, int(top[0]))
         self._tomb_stored = max([int(r[0]) for r in tombs], default=self._tomb_stored)
-        records = [commit_record(str(r[1])) for r in blocks]
-        records += [erase_record(str(r[1]), str(r[2])) for r in tombs]
+        records = [
+            commit_record(str(r[1]))
+            if r[2] == "shared"
+            else private_record(private_commit_token(str(r[1]), str(r[3])))
+            for r in blocks
+        ]
+        records += [
+            erase_record(str(r[1]), str(r[2]))
+            if r[4] == "shared"
+            else private_record(private_erase_token(str(r[1]), str(r[3])))
+            for r in tombs
+        ]
         if records:
             self.ledger.add_records(records)
+
+    def _vouch(self, records: Sequence[Record]) -> dict[str, str]:
+        """The sealing rule's local check (``Ledger.vouch``) over this device's store.
+
+        A commit: the block is stored here (shared; its admission verified it) with its
+        author, or only its tombstone is (erased before it reached us: no author known).
+        An erasure: the tombstone is stored here and erases that block. A commit or
+        erasure naming a private block is never sealed (records made before private ones
+        were blinded). What holds is remembered; what does not is looked up again after
+        ``VOUCH_AGAIN_MS``.
+        """
+        out: dict[str, str] = {}
+        ask: list[Record] = []
+        for r in records:
+            known = self._vouched.get(r.id)
+            if known is not None:
+                out[r.id] = known
+            elif self._now - self._unvouched.get(r.id, -VOUCH_AGAIN_MS) >= VOUCH_AGAIN_MS:
+                ask.append(r)
+        if not ask:
+            return out
+        commits = sorted({r.block for r in ask if r.kind == "commit"})
+        tombs = sorted({r.tombstone for r in ask if r.kind == "erase"})
+
+        def query(c: Conn) -> tuple[dict[str, tuple[str, str]], set[str], dict[str, Any]]:
+            rows = chunked_list("SELECT id, author, scope FROM blocks WHERE id IN ({})", commits, c)
+            erased = chunked_list("SELECT erases FROM tombstones WHERE erases IN ({})", commits, c)
+            trows = chunked_list(
+                "SELECT t.id, t.erases, t.author, b.scope FROM tombstones t"
+                " LEFT JOIN blocks b ON b.id = t.erases WHERE t.id IN ({})",
+                tombs,
+                c,
+            )
+            return (
+                {str(r[0]): (str(r[1]), str(r[2])) for r in rows},
+                {str(r[0]) for r in erased},
+                {str(r[0]): r for r in trows},
+            )
+
+        held, erased, held_tombs = self.store.db.read(query)
+        for r in ask:
+            author: str | None = None
+            if r.kind == "commit":
+                block = held.get(r.block)
+                if block is not None:
+                    author = block[0] if block[1] == "shared" else None
+                elif r.block in erased:
+                    author = ""
+            else:
+                tomb = held_tombs.get(r.tombstone)
+                if tomb is not None and str(tomb[1]) == r.block and tomb[3] != "private":
+                    author = str(tomb[2])
+            if author is None:
+                self._unvouched[r.id] = self._now
+                continue
+            self._unvouched.pop(r.id, None)
+            self._vouched[r.id] = author
+            out[r.id] = author
+        if len(self._vouched) > 100_000:
+            self._vouched.clear()  # committed ones are not asked about again
+        if len(self._unvouched) > 100_000:
+            self._unvouched.clear()
+        return out
 
     # -- peers --------------------------------------------------------------------------------
 
@@ -298,6 +404,10 @@ class LedgerGossip:
     # -- time -----------------------------------------------------------------------------------
 
     def tick(self, now: int) -> list[Send]:
+        self._now = now
+        if now >= self._next_members:
+            self._next_members = now + MEMBERS_MS
+            self._add_members()
         self._scan()
         before = self.ledger.head.hash
         if self.ledger.ready_at(self.me) is not None:

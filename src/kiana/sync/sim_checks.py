@@ -10,7 +10,8 @@
 * CRDT: identical state everywhere (vector, registers, counters, sets), nothing held
   back, every counter equal to the sum of all increments made;
 * ledger: one head everywhere, the head chain verifies from genesis, every record for a
-  written block or tombstone is committed, and every record seen committed at any time
+  written block or tombstone is committed (a blinded token for a private one), no
+  ledger record names a private block, and every record seen committed at any time
   during the run is still committed (nothing lost in a reorg).
 """
 
@@ -22,8 +23,18 @@ from typing import TYPE_CHECKING, Any
 from kiana.blocks import Tombstone
 from kiana.blocks.signing import verify_block, verify_tombstone
 from kiana.errors import KianaError
-from kiana.ledger import Ledger, commit_record, erase_record, verify_chain
+from kiana.ledger import (
+    Ledger,
+    Record,
+    commit_record,
+    erase_record,
+    private_commit_token,
+    private_erase_token,
+    private_record,
+    verify_chain,
+)
 from kiana.store import BlockStore
+from kiana.store.db import Conn, Row
 from kiana.sync.crdt import SharedState
 from kiana.sync.items import fetch_records
 from kiana.sync.sim_writes import COUNTERS, REGISTERS, SETS
@@ -82,9 +93,11 @@ def check(sim: Simulation) -> list[str]:
     author_of = {b: a for b, (a, _s) in exp.blocks.items()}
     all_tomb_targets: set[str] = set()
     snaps: dict[str, tuple[dict[str, tuple[str, str]], set[str], dict[str, tuple[str, str]]]] = {}
+    sigs: dict[str, str] = {}  # block and tombstone id -> signature (for private tokens)
     for dev in devices:
         assert dev.store is not None
         snaps[dev.id] = _rows(dev.store)
+        sigs |= _sigs(dev.store)
         all_tomb_targets |= {b for b, _a in snaps[dev.id][2].values()}
 
     for dev in devices:
@@ -144,11 +157,22 @@ def check(sim: Simulation) -> list[str]:
         for h in sorted(sim.forged.ledger):
             if ledger.block(h) is not None:
                 problems.append(f"{name}: accepted forged ledger block {h[:12]}")
-        needed = {commit_record(b).id: f"commit {b[:12]}" for b in exp.blocks}
-        needed |= {erase_record(t, b).id: f"erase {t[:12]}" for t, (b, _a) in exp.tombs.items()}
+        needed = {
+            _commit(b, scope, sigs).id: f"commit {b[:12]}" for b, (_a, scope) in exp.blocks.items()
+        }
+        needed |= {
+            _erase(t, b, exp.blocks[b][1], sigs).id: f"erase {t[:12]}"
+            for t, (b, _a) in exp.tombs.items()
+        }
         lost = sorted(what for rid, what in needed.items() if not ledger.is_committed(rid))
         if lost:
             problems.append(f"{name}: {len(lost)} record(s) not committed: {', '.join(lost[:5])}")
+        named = {r.block for b in ledger.chain() for r in b.records} | {
+            r.block for r in ledger.pending
+        }
+        private = sorted(b for b, (_a, scope) in exp.blocks.items() if scope == "private")
+        if leaked := [b for b in private if b in named]:
+            problems.append(f"{name}: the ledger names private block(s) {_ids(leaked)}")
         gone = [rid for rid in sim.ever_committed if not ledger.is_committed(rid)]
         if gone:
             problems.append(f"{name}: {len(gone)} record(s) once committed are no longer")
@@ -173,6 +197,26 @@ def check(sim: Simulation) -> list[str]:
     if state0[3] != counters:
         problems.append(f"counters are {state0[3]}, the increments made sum to {counters}")
     return problems
+
+
+def _sigs(store: BlockStore) -> dict[str, str]:
+    def query(c: Conn) -> list[Row]:
+        return c.all("SELECT id, sig FROM blocks") + c.all("SELECT id, sig FROM tombstones")
+
+    return {str(r[0]): str(r[1]) for r in store.db.read(query)}
+
+
+def _commit(block: str, scope: str, sigs: dict[str, str]) -> Record:
+    """The ledger record a block's author makes (private blocks: a blinded token)."""
+    if scope == "shared":
+        return commit_record(block)
+    return private_record(private_commit_token(block, sigs.get(block, "")))
+
+
+def _erase(tomb: str, block: str, scope: str, sigs: dict[str, str]) -> Record:
+    if scope == "shared":
+        return erase_record(tomb, block)
+    return private_record(private_erase_token(tomb, sigs.get(tomb, "")))
 
 
 def _ids(ids: list[str]) -> str:
