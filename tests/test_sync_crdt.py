@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_helpers import SIG, mk, signed
 from kiana.errors import ConflictError, FrameError, InputError, StoreError
 from kiana.store import Database, migrate
 from kiana.sync.crdt import (
@@ -63,12 +64,12 @@ def snapshot(s: SharedState, counters: Sequence[str] = (), sets: Sequence[str] =
 
 
 def test_concurrent_sets_pick_the_same_winner_in_every_delivery_order() -> None:
-    writers = [SharedState(r) for r in ("a", "b", "c")]
+    writers = [mk(r) for r in ("a", "b", "c")]
     ops = [w.set("name", f"from {w.replica}") for w in writers]  # all lamport 1
     ops.append(writers[0].set("name", "a again"))  # lamport 2: the latest
     results = set()
     for order in itertools.permutations(ops):
-        reader = SharedState("r")
+        reader = mk("r")
         reader.apply(order)
         results.add(reader.get("name"))
     assert results == {"a again"}
@@ -77,7 +78,7 @@ def test_concurrent_sets_pick_the_same_winner_in_every_delivery_order() -> None:
 
 
 def test_equal_lamport_ties_break_by_replica_id() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     a.set("k", 1)
     b.set("k", 2)
     sync(a, b)
@@ -88,13 +89,13 @@ def test_equal_lamport_ties_break_by_replica_id() -> None:
 def test_delete_against_a_concurrent_set_is_last_writer_wins(
     deleter: str, setter: str, survives: bool
 ) -> None:
-    d, s = SharedState(deleter), SharedState(setter)
+    d, s = mk(deleter), mk(setter)
     d.set("k", "old")
     sync(d, s)
     d.delete("k")  # both at lamport 2: the higher replica id wins
     s.set("k", "new")
     for order in ([d, s], [s, d]):
-        fresh = SharedState("z")
+        fresh = mk("z")
         for src in order:
             fresh.apply(src.delta_since({}))
         assert fresh.get("k") == ("new" if survives else None)
@@ -104,18 +105,18 @@ def test_delete_against_a_concurrent_set_is_last_writer_wins(
 
 
 def test_a_delete_is_not_undone_by_an_older_set_arriving_late() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     old = a.set("k", "v1")
     b.apply([old])
     b.delete("k")
-    late = SharedState("c")
+    late = mk("c")
     assert late.apply(b.delta_since({"a": 1})) == 1  # only b's delete
     late.apply([old])
     assert late.get("k") is None and late.get("k", "gone") == "gone"
 
 
 def test_values_round_trip_as_json_with_ints_kept() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     value = {"n": 3, "big": 2**62, "f": 3.0, "neg": -7, "l": [1, True, None, "ü"], "o": {}}
     a.set("v", value)
     a.set("n", 42)
@@ -127,7 +128,7 @@ def test_values_round_trip_as_json_with_ints_kept() -> None:
 
 
 def test_get_returns_a_copy_and_set_copies_its_value() -> None:
-    a = SharedState("a")
+    a = mk("a")
     value = {"tags": ["x"]}
     op = a.set("k", value)
     value["tags"].append("mutated")
@@ -138,7 +139,7 @@ def test_get_returns_a_copy_and_set_copies_its_value() -> None:
 
 
 def test_items_filters_by_prefix_and_hides_deleted_keys() -> None:
-    s = SharedState("a")
+    s = mk("a")
     s.set("device/1/name", "laptop")
     s.set("device/2/name", "phone")
     s.set("setting/theme", "dark")
@@ -151,7 +152,7 @@ def test_items_filters_by_prefix_and_hides_deleted_keys() -> None:
 
 
 def test_counters_sum_concurrent_increments_including_negative_ones() -> None:
-    states = [SharedState(r) for r in "abc"]
+    states = [mk(r) for r in "abc"]
     states[0].incr("views", 5)
     states[1].incr("views", -3)
     states[2].incr("views", 10**12)
@@ -168,7 +169,7 @@ def test_counters_sum_concurrent_increments_including_negative_ones() -> None:
 
 
 def test_concurrent_add_and_remove_add_wins() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     a.add("pins", "x")
     sync(a, b)
     assert a.remove("pins", "x") is not None  # removes the add it saw
@@ -179,7 +180,7 @@ def test_concurrent_add_and_remove_add_wins() -> None:
 
 
 def test_remove_of_an_unobserved_add_does_nothing() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     a.add("tags", "t")
     assert b.remove("tags", "t") is None  # b never saw the add: no op at all
     b.add("tags", "u")
@@ -189,7 +190,7 @@ def test_remove_of_an_unobserved_add_does_nothing() -> None:
 
 
 def test_a_remove_arriving_before_the_add_it_observed_still_removes_it() -> None:
-    a, b, c = SharedState("a"), SharedState("b"), SharedState("c")
+    a, b, c = mk("a"), mk("b"), mk("c")
     add = a.add("s", "x")
     b.apply([add])
     rem = b.remove("s", "x")
@@ -203,7 +204,7 @@ def test_a_remove_arriving_before_the_add_it_observed_still_removes_it() -> None
 
 
 def test_remove_then_add_again_on_one_replica() -> None:
-    s = SharedState("a")
+    s = mk("a")
     s.add("s", "x")
     s.add("s", "x")
     s.add("s", "y")
@@ -217,7 +218,7 @@ def test_remove_then_add_again_on_one_replica() -> None:
 
 
 def test_ops_after_a_gap_are_held_then_applied_when_it_fills() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     ops = [a.incr("n", 1), a.set("k", "v"), a.incr("n", 10), a.add("s", "x")]
     assert b.apply([ops[3], ops[1]]) == 0
     assert b.counter("n") == 0 and b.get("k") is None and b.members("s") == frozenset()
@@ -230,7 +231,7 @@ def test_ops_after_a_gap_are_held_then_applied_when_it_fills() -> None:
 
 
 def test_duplicates_are_ignored() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     ops = [a.incr("n", 2), a.add("s", "x"), a.set("k", 1)]
     assert b.apply(ops + ops) == 3
     assert b.apply(ops) == 0
@@ -239,9 +240,9 @@ def test_duplicates_are_ignored() -> None:
 
 
 def test_own_ops_pulled_back_after_a_restore_and_a_gap_blocks_local_writes() -> None:
-    a = SharedState("a")
+    a = mk("a")
     ops = [a.incr("n") for _ in range(3)]
-    restored = SharedState("a")
+    restored = mk("a")
     restored.apply([ops[2]])
     with pytest.raises(ConflictError):
         restored.incr("n")
@@ -250,7 +251,7 @@ def test_own_ops_pulled_back_after_a_restore_and_a_gap_blocks_local_writes() -> 
 
 
 def test_delta_since_is_in_causal_order_and_limited_to_prefixes() -> None:
-    a, b = SharedState("a"), SharedState("b")
+    a, b = mk("a"), mk("b")
     for i in range(5):
         a.incr("n", i)
         b.apply(a.delta_since(b.state_vector()))
@@ -263,7 +264,7 @@ def test_delta_since_is_in_causal_order_and_limited_to_prefixes() -> None:
     assert a.delta_since({"a": 5, "b": 3}) == [op for op in ops if op.replica == "b"][3:]
     for limit in range(11):
         part = a.delta_since({}, limit=limit)
-        fresh = SharedState("z")
+        fresh = mk("z")
         assert fresh.apply(part) == limit and fresh.held_count() == 0
 
 
@@ -298,7 +299,7 @@ def random_op(rng: random.Random, s: SharedState) -> Op | None:
 
 def run_network(seed: int, *, replicas: int = 4, steps: int = 200) -> None:
     rng = random.Random(seed)
-    states = [SharedState(f"r{i}") for i in range(replicas)]
+    states = [mk(f"r{i}") for i in range(replicas)]
     in_flight: list[tuple[int, Op]] = []
     for _ in range(steps):
         if in_flight and rng.random() < 0.5:
@@ -328,7 +329,7 @@ def run_network(seed: int, *, replicas: int = 4, steps: int = 200) -> None:
     for s in states[1:]:
         assert snapshot(s, COUNTERS, SETS) == first
     # And the state equals a fresh replica fed everything in one go.
-    fresh = SharedState("fresh")
+    fresh = mk("fresh")
     fresh.apply(reversed(states[0].delta_since({})))
     assert snapshot(fresh, COUNTERS, SETS) == first
 
@@ -355,7 +356,7 @@ def run_network(seed: int, *, replicas: int = 4, steps: int = 200) -> None:
         lambda s: s.remove("s" * 300, "e"),
         lambda s: s.delta_since({"a": -1}),
         lambda s: s.apply(["not an op"]),
-        lambda s: SharedState("r" * 65),
+        lambda s: mk("r" * 65),
         lambda s: Op("a", 0, 1, "set", "k", 1),
         lambda s: Op("a", 1, 1, "pop", "k"),  # type: ignore[arg-type]
         lambda s: Op("a", 1, 1, "del", "k", 1),
@@ -363,15 +364,15 @@ def run_network(seed: int, *, replicas: int = 4, steps: int = 200) -> None:
     ],
 )
 def test_invalid_input_is_refused(call: Callable[[SharedState], object]) -> None:
-    s = SharedState("a")
+    s = mk("a")
     with pytest.raises(InputError):
         call(s)
     assert s.state_vector() == {}
 
 
 def test_encoding_round_trips_every_kind() -> None:
-    a = SharedState("device-ä")
-    b = SharedState("b")
+    a = mk("device-ä")
+    b = mk("b")
     b.add("s", "x")
     a.apply(b.delta_since({}))
     ops = [
@@ -391,7 +392,10 @@ def test_encoding_round_trips_every_kind() -> None:
 
 
 def _frame(ops: list[object], replicas: list[object] | None = None) -> bytes:
-    return json.dumps({"v": 1, "replicas": replicas or ["a"], "ops": ops}).encode()
+    """A version 2 frame of ``ops`` ([ri, seq, lamport, kind, key, ...]) with a
+    well-formed signature put into each op that is a list."""
+    rows = [[*o[:3], SIG.hex(), *o[3:]] if isinstance(o, list) else o for o in ops]
+    return json.dumps({"v": 2, "replicas": replicas or ["a"], "ops": rows}).encode()
 
 
 @pytest.mark.parametrize(
@@ -402,12 +406,19 @@ def _frame(ops: list[object], replicas: list[object] | None = None) -> bytes:
         b"\xff\xfe",
         b"[]",
         b"null",
-        b'{"v": 1, "replicas": []}',
-        b'{"v": 2, "replicas": [], "ops": []}',
+        b'{"v": 2, "replicas": []}',
+        b'{"v": 3, "replicas": [], "ops": []}',
+        b'{"v": 1, "replicas": [], "ops": []}',
         b'{"v": true, "replicas": [], "ops": []}',
-        b'{"v": 1, "replicas": [], "ops": [], "extra": 1}',
-        b'{"v": 1, "replicas": {}, "ops": []}',
-        b'{"v": 1, "replicas": ["a"], "ops": [[0, 1, 1, "set", "k", NaN]]}',
+        b'{"v": 2, "replicas": [], "ops": [], "extra": 1}',
+        b'{"v": 2, "replicas": {}, "ops": []}',
+        _frame([[0, 1, 1, "set", "k", 1]])[:-7],  # truncated
+        _frame([[0, 1, 1, "set", "k", 1]]).replace(b"1]]}", b"NaN]]}"),
+        _frame([[0, 1, 1, "set", "k", 1]]).replace(b'"v": 2', b'"v": 1'),  # old format
+        _frame([[0, 1, 1, "set", "k", 1]]).replace(SIG.hex().encode(), b"00" * 63),
+        _frame([[0, 1, 1, "set", "k", 1]]).replace(SIG.hex().encode(), b"zz" * 64),
+        json.dumps({"v": 2, "replicas": ["a"], "ops": [[0, 1, 1, "set", "k", 1]]}).encode(),
+        json.dumps({"v": 2, "replicas": ["a"], "ops": [[0, 1, 1, None, "set", "k", 1]]}).encode(),
         _frame([[0, 1, 1, "set", "k"]]),
         _frame([[0, 1.0, 1, "set", "k", 1]]),
         _frame([[0, 0, 1, "set", "k", 1]]),
@@ -427,7 +438,7 @@ def _frame(ops: list[object], replicas: list[object] | None = None) -> bytes:
         _frame([[0, 1, 1, "set", "k", 1]], replicas=[7]),
         _frame([[0, 1, 1, "set", "k", "x" * (64 * 1024)]]),
         _frame(["op"]),
-        b'{"v": 1, "replicas": ["a"], "ops": [[0, 1, 1, "set", "k", 1' + b"0" * 5000 + b"]]}",
+        _frame([[0, 1, 1, "set", "k", 1]]).replace(b"1]]}", b"1" + b"0" * 5000 + b"]]}"),
         b"[" * 100_000 + b"]" * 100_000,
         b" " * (MAX_FRAME_BYTES + 1),
     ],
@@ -444,11 +455,11 @@ def test_malformed_state_vectors_raise_frame_error(data: bytes) -> None:
 
 
 def test_oversized_frames_are_refused_on_encode() -> None:
-    a = SharedState("a")
+    a = mk("a")
     big = [a.set(f"k{i}", "x" * 60_000) for i in range(300)]
     with pytest.raises(FrameError):
         encode_ops(big)
-    many = [Op("a", i, i, "incr", "n", 1) for i in range(1, MAX_FRAME_OPS + 2)]
+    many = [Op("a", i, i, "incr", "n", 1, sig=SIG) for i in range(1, MAX_FRAME_OPS + 2)]
     with pytest.raises(FrameError):
         encode_ops(many)
     assert len(decode_ops(encode_ops(a.delta_since({}, limit=200)))) == 200
@@ -478,7 +489,7 @@ def sql_store(store_url: str) -> Iterator[Callable[[], SqlOpStore]]:
 
 
 def test_state_survives_a_restart_on_sql(sql_store: Callable[[], SqlOpStore]) -> None:
-    a, other = SharedState("a", store=sql_store()), SharedState("b")
+    a, other = mk("a", store=sql_store()), mk("b")
     a.set("name", "laptop")
     a.set("n", 7)
     a.incr("c", 3)
@@ -487,13 +498,13 @@ def test_state_survives_a_restart_on_sql(sql_store: Callable[[], SqlOpStore]) ->
     a.remove("s", "x")
     theirs = [other.incr("c", 10), other.set("k", [1]), other.delete("n"), other.incr("c", -1)]
     assert a.apply([theirs[3], theirs[1]]) == 0  # held: persisted as such
-    again = SharedState("a", store=sql_store())
+    again = mk("a", store=sql_store())
     assert snapshot(again, ["c"], ["s"]) == snapshot(a, ["c"], ["s"])
     assert again.missing() == {"b": 1} and again.held_count() == 2
     assert type(again.get("n")) is int and again.members("s") == {"y"}
     assert again.apply(theirs) == 4  # fills the gap: the held ops become applied
     assert again.incr("c", 1).seq == 7  # own numbering continues
-    third = SharedState("a", store=sql_store())
+    third = mk("a", store=sql_store())
     assert third.held_count() == 0
     assert snapshot(third, ["c"], ["s"]) == snapshot(again, ["c"], ["s"])
     assert third.counter("c") == 3 + 10 - 1 + 1 and third.get("n") is None
@@ -501,13 +512,13 @@ def test_state_survives_a_restart_on_sql(sql_store: Callable[[], SqlOpStore]) ->
 
 def test_memory_store_survives_a_new_state() -> None:
     store = MemoryOpStore()
-    a = SharedState("a", store=store)
+    a = mk("a", store=store)
     a.incr("n", 5)
-    a.apply([Op("b", 2, 9, "add", "s", "x")])
-    again = SharedState("a", store=store)
+    a.apply([signed(Op("b", 2, 9, "add", "s", "x"))])
+    again = mk("a", store=store)
     assert again.counter("n") == 5 and again.missing() == {"b": 1}
-    assert again.apply([Op("b", 1, 8, "add", "s", "y")]) == 2
-    assert SharedState("a", store=store).members("s") == {"x", "y"}
+    assert again.apply([signed(Op("b", 1, 8, "add", "s", "y"))]) == 2
+    assert mk("a", store=store).members("s") == {"x", "y"}
 
 
 def test_a_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
@@ -521,7 +532,7 @@ def test_a_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
             )
         )
         with pytest.raises(StoreError):
-            SharedState("a", store=SqlOpStore(db))
+            mk("a", store=SqlOpStore(db))
     finally:
         db.close()
 
@@ -532,7 +543,7 @@ def test_a_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
 def test_twenty_thousand_ops_in_reverse_order_and_a_rebuild(tmp_path: Path) -> None:
     """Sanity only (it finishes): the worst delivery order, held then released at once.
     Speed is measured in the benchmarks."""
-    a = SharedState("a")
+    a = mk("a")
     for i in range(20_000):
         if i % 4 == 0:
             a.set(f"k{i % 1000}", i)
@@ -547,9 +558,9 @@ def test_twenty_thousand_ops_in_reverse_order_and_a_rebuild(tmp_path: Path) -> N
     db = Database(f"sqlite:///{tmp_path / 'k.db'}")
     try:
         migrate(db)
-        b = SharedState("b", store=SqlOpStore(db))
+        b = mk("b", store=SqlOpStore(db))
         assert b.apply(reversed(ops)) == 20_000
-        rebuilt = SharedState("b", store=SqlOpStore(db))
+        rebuilt = mk("b", store=SqlOpStore(db))
     finally:
         db.close()
     sets = ["s"]

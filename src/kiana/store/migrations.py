@@ -333,6 +333,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=_split(_LEDGER_TABLES),
         postgres=_split(_LEDGER_TABLES),
     ),
+    Migration(
+        8,
+        "shared state: each CRDT op's Ed25519 signature",
+        # kiana.sync.crdt_store: 128 hex characters; NULL for ops stored before. On open,
+        # SharedState signs its own replica's NULL rows and deletes other replicas' (their
+        # devices send them again, signed).
+        sqlite=("ALTER TABLE crdt_ops ADD COLUMN sig TEXT",),
+        postgres=("ALTER TABLE crdt_ops ADD COLUMN sig TEXT",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

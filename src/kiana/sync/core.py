@@ -3,7 +3,8 @@
 ``NodeCore`` owns
 
 * a ``SyncEngine`` (channel ``sync``): range-based reconciliation of the block store;
-* a ``SharedState`` with ``StateGossip`` (channel ``state``): the op-based CRDT;
+* a ``SharedState`` with ``StateGossip`` (channel ``state``): the op-based CRDT, its ops
+  signed with this device's key and checked against the members in the store;
 * a ``Ledger`` with ``LedgerGossip`` (channel ``ledger``): records for the blocks and
   tombstones this device authors, heads, blocks, sealing when this device is an authority.
 
@@ -37,6 +38,7 @@ from kiana.ledger import (
 )
 from kiana.store import BlockStore
 from kiana.sync.crdt import OpStore, SharedState
+from kiana.sync.crdt_members import store_directory
 from kiana.sync.engine import RESYNC_MS, SYNC_CHANNEL, SyncEngine
 from kiana.sync.ledger_gossip import LEDGER_CHANNEL, LedgerGossip
 from kiana.sync.policy import admission, may_erase
@@ -83,10 +85,20 @@ class NodeCore:
             resync_ms=resync_ms,
             rng_bytes=rng_bytes,
         )
-        self.state = SharedState(self.me, store=state_store)
-        self.state_gossip = StateGossip(self.state)
+        self.state = SharedState(
+            self.me,
+            signer=keys.signing,
+            directory=store_directory(node_store),
+            store=state_store,
+        )
+        self.state_gossip = StateGossip(self.state, on_refused=self._state_refused)
         self.ledger_gossip = LedgerGossip(self.ledger, node_store, keys)
         self.rejected = 0  # messages on unknown channels, or refused by a part that raised
+
+    def _state_refused(self, peer: str, what: str, code: str) -> None:
+        # Into the sync engine's log of refused records, with the blocks it refused.
+        self.engine.rejections.append((peer, f"op {what}", code))
+        del self.engine.rejections[:-100]
 
     def _block_committed(self, record_id: str) -> bool:
         try:

@@ -6,7 +6,7 @@
   device holds the content of any block a tombstone it knows of erases;
 * nothing forged or invalid stored: every block and tombstone verifies against its
   author's key, every tombstone comes from someone allowed to erase, no id or ledger
-  block hash the rogue forged is stored anywhere;
+  block hash the rogue forged is stored anywhere, no CRDT op the rogue forged is applied;
 * CRDT: identical state everywhere (vector, registers, counters, sets), nothing held
   back, every counter equal to the sum of all increments made;
 * ledger: one head everywhere, the head chain verifies from genesis, every record for a
@@ -154,6 +154,9 @@ def check(sim: Simulation) -> list[str]:
             problems.append(
                 f"{name}: ledger chain fails at {result.first_bad_height}: {result.code}"
             )
+        applied_sigs = {op.sig.hex() for op in dev.core.state.delta_since({})}
+        for sig in sorted(sim.forged.ops & applied_sigs):
+            problems.append(f"{name}: applied a forged CRDT op (signature {sig[:12]})")
         for h in sorted(sim.forged.ledger):
             if ledger.block(h) is not None:
                 problems.append(f"{name}: accepted forged ledger block {h[:12]}")

@@ -15,7 +15,9 @@ from kiana.blocks import Block, make_block, make_tombstone
 from kiana.identity.keys import DeviceKeys
 from kiana.identity.mind import Genesis
 from kiana.ledger import Ledger, LedgerBlock, commit_record, merkle_root
+from kiana.sync.crdt import Op, encode_ops, sign_op
 from kiana.sync.sim_mind import device_keys
+from kiana.sync.sim_writes import REGISTERS
 
 KINDS = (
     "tampered_block",
@@ -26,6 +28,8 @@ KINDS = (
     "ledger_non_authority",
     "ledger_forged_seal",
     "bad_records",
+    "forged_op",
+    "bad_signature_op",
 )
 
 
@@ -33,6 +37,7 @@ KINDS = (
 class Forged:
     records: set[str] = field(default_factory=set)  # block / tombstone ids never to be stored
     ledger: set[str] = field(default_factory=set)  # ledger block hashes never to be accepted
+    ops: set[str] = field(default_factory=set)  # signatures (hex) of CRDT ops never to apply
     sent: dict[str, int] = field(default_factory=dict)  # attacks sent, by kind
 
 
@@ -130,6 +135,33 @@ def attack(
             {"t": "records", "records": [{"v": 1, "kind": "vote"}, {"v": 1, "kind": "commit"}, 3]}
         ).encode()
         out = ("ledger", body)
+    elif kind in ("forged_op", "bad_signature_op"):
+        # forged_op: under an honest device's id, signed with the rogue's own key;
+        # bad_signature_op: under the rogue's id (its next seq), with random signature bytes.
+        replica = rng.choice(honest) if kind == "forged_op" else me
+        draft = Op(
+            replica,
+            rng.randint(1, 40) if kind == "forged_op" else 1,
+            rng.randint(1, 500),
+            "set",
+            rng.choice(REGISTERS),
+            f"forged {now}",
+        )
+        if kind == "forged_op":
+            op = sign_op(keys.signing, draft)
+        else:
+            op = Op(
+                draft.replica,
+                draft.seq,
+                draft.lamport,
+                "set",
+                draft.key,
+                draft.value,
+                (),
+                rng.randbytes(64),
+            )
+        forged.ops.add(op.sig.hex())
+        out = ("state", b"O" + encode_ops([op]))
     if out is not None:
         forged.sent[kind] = forged.sent.get(kind, 0) + 1
     return out

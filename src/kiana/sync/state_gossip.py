@@ -15,12 +15,18 @@ Messages (first byte)::
     v state-vector JSON    my vector, as a reply; send me what I lack
     O op frame             ops (``encode_ops``), applied in any order
 
-Garbage is counted in ``rejected`` and logged; nothing here raises on bad input.
+Refusals: garbage frames and every op ``SharedState.receive`` refuses (forged, unknown
+replica, bad signature, revoked sender: ``crdt_members``) are counted in ``rejected``
+and per peer in ``refused``, kept in ``rejections`` as ``(peer, replica:seq, code)``
+(the newest 100, like the block engine's refused records), handed to ``on_refused``
+and logged; nothing here raises on bad input. Ops refused because their replica was
+not a member yet are asked for again, from every up peer, once it is one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kiana.errors import FrameError, InputError
 from kiana.sync.crdt import (
@@ -37,14 +43,22 @@ log = logging.getLogger("kiana.sync.state")
 STATE_CHANNEL = "state"
 OPS_PER_FRAME = 2_000  # far under the messenger's 1 MiB body limit for ordinary values
 ASK_MS = 2_000
+MAX_UNKNOWN = 1_000  # replicas remembered to ask for again once they are members
 
 Send = tuple[str, bytes]
+OnRefused = Callable[[str, str, str], None]  # (peer, what: replica:seq, reason code)
 
 
 class StateGossip:
-    def __init__(self, state: SharedState, *, ask_ms: int = ASK_MS) -> None:
+    def __init__(
+        self, state: SharedState, *, ask_ms: int = ASK_MS, on_refused: OnRefused | None = None
+    ) -> None:
         self.state = state
         self.ask_ms = ask_ms
+        self.on_refused = on_refused
+        self.refused: dict[str, int] = {}  # per peer: ops and frames refused
+        self.rejections: list[tuple[str, str, str]] = []  # (peer, replica:seq, code), recent
+        self._unknown: set[str] = set()
         self.up: dict[str, None] = {}  # insertion-ordered, so output order is deterministic
         self._sent_seq = self._own_seq()
         self._next_ask = 0
@@ -87,14 +101,26 @@ class StateGossip:
                     out.append((peer, self._vector(b"v")))
                 return out
             if kind == b"O":
-                ops = decode_ops(body[1:])
-                self.ops_in += self.state.apply(ops)
+                got = self.state.receive(decode_ops(body[1:]), sender=peer)
+                self.ops_in += got.applied
+                for refusal in got.refused:
+                    self._refuse(peer, refusal.op, refusal.code, refusal.message)
+                    if refusal.code == "unknown_replica" and len(self._unknown) < MAX_UNKNOWN:
+                        self._unknown.add(refusal.op.rpartition(":")[0])
                 return []
             raise FrameError("unknown state message")
         except (FrameError, InputError) as exc:
-            self.rejected += 1
-            log.warning("bad state message from %s: %s", peer, exc.message)
+            self._refuse(peer, "", exc.code, exc.message)
             return []
+
+    def _refuse(self, peer: str, what: str, code: str, message: str) -> None:
+        self.rejected += 1
+        self.refused[peer] = self.refused.get(peer, 0) + 1
+        self.rejections.append((peer, what, code))
+        del self.rejections[:-100]
+        if self.on_refused is not None:
+            self.on_refused(peer, what, code)
+        log.warning("refused state from %s: %s (%s)", peer, message, code)
 
     # -- time -------------------------------------------------------------------------------
 
@@ -108,7 +134,9 @@ class StateGossip:
             for peer in self.up:
                 out += self._frames(peer, mine)
             self._sent_seq = seq
-        if self.state.held_count() and now >= self._next_ask:
+        joined = {r for r in self._unknown if self.state.is_member(r)}
+        self._unknown -= joined
+        if joined or (self.state.held_count() and now >= self._next_ask):
             self._next_ask = now + self.ask_ms
             out += [(peer, self._vector(b"V")) for peer in self.up]
         return out
