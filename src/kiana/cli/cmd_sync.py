@@ -88,26 +88,46 @@ def ledger_show(state: CliState, limit: int, as_json: bool) -> None:
 @pass_state
 def ledger_verify(state: CliState, as_json: bool) -> None:
     """Verify the whole chain from the genesis; point at the first bad link."""
-    from kiana.ledger.audit import verify_stored
+    from kiana.ledger.audit import commits_stored, report_json, verify_stored
     from kiana.ledger.errors import LedgerVerifyError
 
     with state.node() as node:
         result = verify_stored(node.store.db, node.genesis)
+        report = commits_stored(node.store.db, node.genesis, max(result.height, 0))
     info = {
-        "ok": result.ok,
+        "ok": result.ok and not report.errors,
+        "chain_ok": result.ok,
         "height": result.height,
         "first_bad_height": result.first_bad_height,
         "code": result.code or None,
         "reason": result.reason or None,
+        "commits": report_json(report),
     }
     if as_json:
         print_json(info)
-    elif result.ok:
-        out.print(f"Ledger OK: {result.height} sealed blocks verified from the genesis.")
+    else:
+        if result.ok:
+            out.print(f"Ledger OK: {result.height} sealed blocks verified from the genesis.")
+        out.print(
+            f"Commit records: {report.checked} checked against this device's blocks,"
+            f" {len(report.errors)} error(s), {len(report.warnings)} warning(s);"
+            f" private records: {report.private_resolved} match this device's,"
+            f" {report.private_opaque} not checkable here."
+        )
+        for f in report.findings[:50]:
+            colour = "red" if f.level == "error" else "yellow"
+            out.print(f"  [{colour}]{f.level}[/{colour}] {f.code}: {f.message}")
+        if len(report.findings) > 50:
+            out.print(f"  … and {len(report.findings) - 50} more (--json lists all)")
     if not result.ok:
         raise LedgerVerifyError(
             f"the ledger is broken at block {result.first_bad_height}: {result.reason}"
             f" (blocks up to {result.height} are good)"
+        )
+    if report.errors:
+        raise LedgerVerifyError(
+            f"the ledger commits {len(report.errors)} record(s) this device shows to be wrong"
+            f" (first: {report.errors[0].message})"
         )
 
 
@@ -126,9 +146,7 @@ def _pin(state: CliState, block_id: str, pinned: bool) -> list[str]:
         full = node.store.resolve_prefix(block_id)
         if pinned:
             node.store.get(full)  # unknown or erased: a clear error
-        shared = SharedState(
-            node.device_id, signer=node.keys.signing, store=SqlOpStore(node.store.db)
-        )
+        shared = SharedState(node.device_id, store=SqlOpStore(node.store.db))
         return set_pin(shared, full, pinned)
 
 

@@ -4,7 +4,9 @@
 not on a rebuilt ``Ledger`` (which skips blocks that fail): the head is the stored
 block with the most total difficulty (lowest hash on a tie), the chain is followed
 through the stored parent links, and ``verify_chain`` checks every link from the
-mind's genesis, reporting the first bad one.
+mind's genesis, reporting the first bad one. ``commits_stored`` then checks the
+verified part's commit and erase records against this device's blocks
+(``kiana.ledger.commits``: warnings and errors).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiana.identity.mind import Genesis
-from kiana.ledger.chain import genesis_block, parse_block
+from kiana.ledger.chain import LedgerBlock, genesis_block, parse_block
+from kiana.ledger.commits import CommitReport, check_commits
 from kiana.ledger.errors import LedgerError
 from kiana.ledger.forkchoice import VerifyResult, verify_chain
 from kiana.store.db import Database
@@ -60,6 +63,35 @@ def verify_stored(db: Database, genesis: Genesis) -> VerifyResult:
             reason=f"the parent of block {chain.broken_at} is missing from the store",
         )
     return result
+
+
+def commits_stored(db: Database, genesis: Genesis, upto: int) -> CommitReport:
+    """Check the commit records of the stored head chain up to height ``upto`` (verified)."""
+    blocks: list[LedgerBlock] = []
+    for text in stored_head_chain(db).texts:
+        block = parse_block(text)
+        if block.height > upto:
+            break
+        blocks.append(block)
+    return check_commits(db, genesis.device, blocks)
+
+
+def report_json(report: CommitReport) -> dict[str, Any]:
+    """The commit check as JSON (``kiana ledger verify --json``, ``/api/v1/ledger/verify``)."""
+
+    def findings(level: str) -> list[dict[str, Any]]:
+        return [
+            {"code": f.code, "height": f.height, "record": f.record, "message": f.message}
+            for f in report.findings
+            if f.level == level
+        ]
+
+    return {
+        "checked": report.checked,
+        "errors": findings("error"),
+        "warnings": findings("warning"),
+        "private": {"resolved": report.private_resolved, "not_checkable": report.private_opaque},
+    }
 
 
 def describe(db: Database, *, limit: int = 50) -> list[dict[str, Any]]:
