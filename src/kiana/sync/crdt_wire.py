@@ -24,7 +24,8 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from copy import copy
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, TypeAlias, cast
 
@@ -93,10 +94,15 @@ def _check_json(value: object, depth: int) -> None:
         raise InputError(f"a value of type {type(value).__name__} is not JSON")
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_CANONICAL = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+)
+
+
 def dumps(value: object, *, sort_keys: bool = False) -> str:
-    return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=sort_keys
-    )
+    """Compact JSON (``sort_keys``: with object keys sorted, the signed form)."""
+    return (_CANONICAL if sort_keys else _COMPACT).encode(value)
 
 
 def value_text(value: object) -> str:
@@ -219,7 +225,9 @@ def signed_message(op: Op) -> bytes:
 
 def sign_op(key: SigningKey, op: Op) -> Op:
     """``op`` with the signature of ``key`` (the key of the device ``op.replica``)."""
-    return replace(op, sig=key.sign(signed_message(op)).signature)
+    signed = copy(op)  # already validated: only the signature changes
+    object.__setattr__(signed, "sig", key.sign(signed_message(op)).signature)
+    return signed
 
 
 @lru_cache(maxsize=1024)
