@@ -149,8 +149,10 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "") 
 
 
 def login(page: Any, token: str, path: str = "/chat") -> None:
-    """Log in with a /login#token=… link (what `kiana serve` prints), then open ``path``."""
-    page.goto("/login#token=" + token)
+    """Log in with a one-time /login#once=… link (what `kiana open` opens), then open ``path``."""
+    link = page.request.post("/api/v1/auth/link", headers={"Authorization": f"Bearer {token}"})
+    assert link.ok, link.text()
+    page.goto(link.json()["path"])
     page.wait_for_url("**/chat")
     expect(page.get_by_test_id("nav-memory")).to_be_visible()
     if path != "/chat":
@@ -263,6 +265,61 @@ def test_login_wrong_token_then_right(page: Any, node_a: Server, artifacts: Path
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["kiana_session"]["httpOnly"] and cookies["kiana_session"]["sameSite"] == "Strict"
     assert not cookies["kiana_csrf"]["httpOnly"]
+
+
+def test_login_with_a_one_time_link(browser: Any, node_a: Server, artifacts: Path) -> None:
+    """`kiana open` (the real command, against node A) makes the link; it works once."""
+    from tests.helpers_cli import run_kiana
+
+    port = node_a.url.rsplit(":", 1)[1]
+    made = run_kiana(node_a.settings.home, "open", "--no-browser", env={"KIANA_API_PORT": port})
+    assert made.returncode == 0, made.stderr
+    url = made.stdout.strip()
+    assert url.startswith(node_a.url + "/login#once=") and node_a.token not in url
+
+    def fresh() -> Any:
+        ctx = browser.new_context(base_url=node_a.url, viewport=DESKTOP, locale="en-GB")
+        ctx.set_default_timeout(20_000)
+        return ctx
+
+    first = fresh()
+    try:
+        page = first.new_page()
+        page.goto(url)
+        page.wait_for_url("**/chat")
+        expect(page.get_by_test_id("nav-memory")).to_be_visible()
+        assert "once" not in page.url  # gone from the address bar (and the history)
+        assert {c["name"] for c in first.cookies()} >= {"kiana_session", "kiana_csrf"}
+    finally:
+        first.close()
+
+    again = fresh()
+    try:
+        page = again.new_page()
+        page.goto(url)  # the same link in another browser: refused, and the page says why
+        expect(page.get_by_test_id("login-message")).to_have_text(re.compile("already used"))
+        assert "once" not in page.url
+        assert not [c for c in again.cookies() if c["name"] == "kiana_session"]
+        audit(page, "login-link-used")
+        shot(page, artifacts, "login-link-used")
+
+        sessions = node_a.app.state.runtime.sessions
+        sessions.link_ttl_s = 0.2
+        try:
+            late = page.request.post("/api/v1/auth/link", headers=node_a.auth).json()["path"]
+        finally:
+            sessions.link_ttl_s = 60.0
+        time.sleep(0.4)
+        page.goto("/chat")  # leave the login page, so the link loads it afresh
+        page.goto(late)
+        expect(page.get_by_test_id("login-message")).to_have_text(re.compile("expired"))
+        # The token still works from here.
+        page.get_by_test_id("login-token").fill(node_a.token)
+        page.get_by_test_id("login-submit").click()
+        page.wait_for_url("**/chat")
+    finally:
+        again.close()
+        node_a.app.state.runtime.sessions.failures.clear()  # the two refusals above
 
 
 def test_chat_streams_an_answer_with_a_citation(page: Any, node_a: Server, artifacts: Path) -> None:
