@@ -146,7 +146,9 @@ def _pin(state: CliState, block_id: str, pinned: bool) -> list[str]:
         full = node.store.resolve_prefix(block_id)
         if pinned:
             node.store.get(full)  # unknown or erased: a clear error
-        shared = SharedState(node.device_id, store=SqlOpStore(node.store.db))
+        shared = SharedState(
+            node.device_id, signer=node.keys.signing, store=SqlOpStore(node.store.db)
+        )
         return set_pin(shared, full, pinned)
 
 
