@@ -362,3 +362,28 @@ def test_data_channel_carrier() -> None:
             await asyncio.wait_for(carrier2.read_frame(), 1)
 
     asyncio.run(scenario())
+
+
+def test_release_sockets_closes_every_ice_socket_of_a_connection() -> None:
+    """The fallback when aiortc's close does not finish in time: no UDP socket leaks."""
+    from aiortc import RTCPeerConnection
+
+    from kiana.mesh.rtc import close_pc, release_sockets
+
+    async def scenario() -> None:
+        pc = RTCPeerConnection()
+        pc.createDataChannel("x")
+        await pc.setLocalDescription(await pc.createOffer())  # gathers: binds UDP sockets
+        transports = [
+            p.transport
+            for t in pc._RTCPeerConnection__iceTransports  # type: ignore[attr-defined]
+            for p in t.iceGatherer._connection._protocols
+        ]
+        assert transports and not any(t.is_closing() for t in transports)
+        assert release_sockets(pc) == len(transports)
+        assert all(t.is_closing() for t in transports)
+        assert release_sockets(pc) == 0  # idempotent
+        await close_pc(pc)  # aiortc's own close still ends normally afterwards
+        assert pc.connectionState == "closed"
+
+    asyncio.run(scenario())

@@ -144,10 +144,37 @@ class DataChannelCarrier:
 
     async def close(self) -> None:
         self._closed = True
-        # Bounded, and without cancelling it: a second RTCPeerConnection.close() waits on
-        # the first, which never finishes if the first was cancelled half-way.
-        closing = asyncio.ensure_future(self.pc.close())
-        await asyncio.wait({closing}, timeout=3.0)
+        await close_pc(self.pc)
+
+
+async def close_pc(pc: Any, timeout_s: float = 3.0) -> None:
+    """Close an ``RTCPeerConnection`` within ``timeout_s``; its UDP sockets are closed anyway.
+
+    Bounded, and without cancelling it: a second ``close()`` waits on the first, which
+    never finishes if the first was cancelled half-way. When aiortc's close does not
+    finish in time (a loaded machine), the ICE sockets it would have closed are closed
+    here, so no socket outlives the connection.
+    """
+    closing = asyncio.ensure_future(pc.close())
+    _done, pending = await asyncio.wait({closing}, timeout=timeout_s)
+    if pending:
+        log.warning(
+            "a WebRTC connection did not close within %g s: its sockets are closed", timeout_s
+        )
+        release_sockets(pc)
+
+
+def release_sockets(pc: Any) -> int:
+    """Close the UDP sockets of ``pc``'s ICE agents (aiortc/aioice internals); how many."""
+    closed = 0
+    for transport in list(getattr(pc, "_RTCPeerConnection__iceTransports", ())):
+        connection = getattr(getattr(transport, "iceGatherer", None), "_connection", None)
+        for protocol in list(getattr(connection, "_protocols", ())):
+            udp = getattr(protocol, "transport", None)
+            if udp is not None and not udp.is_closing():
+                udp.close()
+                closed += 1
+    return closed
 
 
 class RtcManager:
@@ -176,7 +203,7 @@ class RtcManager:
 
     async def _discard(self, pc: Any) -> None:
         self._pcs.discard(pc)
-        await pc.close()
+        await close_pc(pc)
 
     async def _check_gathered(self, pc: Any) -> None:
         """A configured TURN server that gave no relay candidate: find out why, say it."""
@@ -345,5 +372,7 @@ class RtcManager:
         for pending in self._pending.values():
             if not pending[1].done():
                 pending[1].cancel()
-        for pc in list(self._pcs):
-            await self._discard(pc)
+        pcs = list(self._pcs)
+        self._pcs.clear()
+        if pcs:
+            await asyncio.gather(*(close_pc(pc) for pc in pcs))
