@@ -151,3 +151,19 @@ def test_successors_when_one_block_supersedes_two(node: Node) -> None:
     node.store.put(both)
     later = node.remember("Pick-up at 5 pm by Grandpa", supersedes=both.id).block
     assert node.store.successors([a.id, b.id]) == {a.id: later.id, b.id: later.id}
+
+
+def test_import_announces_on_the_change_feed(node: Node) -> None:
+    """An import wakes the dashboard's events stream and sync at once (not the 1 s poll)."""
+    from kiana.changes import Change, Topic
+    from kiana.transfer import export_lines, import_lines
+
+    node.remember("kept fact")
+    gone = node.remember("forgotten fact")
+    node.forget(gone.block.id)
+    lines = list(export_lines(node))
+    seen: list[Change] = []
+    node.changes.subscribe(seen.append)
+    report = import_lines(node, lines)  # a re-run import: duplicates, one tombstone again
+    assert report.duplicates == 1 and report.tombstones == 1
+    assert seen.count(Change(Topic.BLOCKS, local=True)) >= 2  # the batch and the erasure

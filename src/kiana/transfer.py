@@ -21,6 +21,7 @@ from typing import Any
 
 from kiana.blocks import Block, parse_block, parse_tombstone, verify_block, verify_tombstone
 from kiana.blocks.codec import loads_record
+from kiana.changes import Topic
 from kiana.errors import BlockError, InputError, KianaError
 from kiana.node import Node, Progress, now_ms
 from kiana.store import PutResult
@@ -124,6 +125,7 @@ def _import_line(
         _flush(node, pending, report)
         node.store.erase(tomb, verified=True)
         node.unindex_blocks([tomb.erases])
+        node.changes.publish(Topic.BLOCKS, local=True)
         report.tombstones += 1
         return
     raise BlockError(f"line {number}: unknown record type {kind!r}")
@@ -133,6 +135,7 @@ def _flush(node: Node, pending: list[Block], report: ImportReport) -> None:
     if not pending:
         return
     results = node.store.put_many(pending, verified=True)
+    node.changes.publish(Topic.BLOCKS, local=True)  # the dashboard and sync wake at once
     for result in results:
         if result is PutResult.STORED:
             report.stored += 1
