@@ -60,6 +60,7 @@ def test_a_harsh_network_still_converges(cache: MindCache) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~40 s alone; a correctness check, not a timed one (loaded CI: 120 s+)
 def test_long_runs(cache: MindCache) -> None:
     failures = run_seeds(cache, range(7000, 7010), nodes=5, steps=300, authorities=2, rogue=True)
     assert failures == []
