@@ -88,21 +88,13 @@ def ledger_show(state: CliState, limit: int, as_json: bool) -> None:
 @pass_state
 def ledger_verify(state: CliState, as_json: bool) -> None:
     """Verify the whole chain from the genesis; point at the first bad link."""
-    from kiana.ledger.audit import commits_stored, report_json, verify_stored
+    from kiana.ledger.audit import audit_json, audit_stored
     from kiana.ledger.errors import LedgerVerifyError
 
     with state.node() as node:
-        result = verify_stored(node.store.db, node.genesis)
-        report = commits_stored(node.store.db, node.genesis, max(result.height, 0))
-    info = {
-        "ok": result.ok and not report.errors,
-        "chain_ok": result.ok,
-        "height": result.height,
-        "first_bad_height": result.first_bad_height,
-        "code": result.code or None,
-        "reason": result.reason or None,
-        "commits": report_json(report),
-    }
+        audit = audit_stored(node.store.db, node.genesis)
+    result, report = audit.chain, audit.commits
+    info = audit_json(audit)
     if as_json:
         print_json(info)
     else:

@@ -4,9 +4,11 @@
 not on a rebuilt ``Ledger`` (which skips blocks that fail): the head is the stored
 block with the most total difficulty (lowest hash on a tie), the chain is followed
 through the stored parent links, and ``verify_chain`` checks every link from the
-mind's genesis, reporting the first bad one. ``commits_stored`` then checks the
-verified part's commit and erase records against this device's blocks
-(``kiana.ledger.commits``: warnings and errors).
+mind's genesis, reporting the first bad one. ``audit_stored`` does that and then
+checks the verified part's commit and erase records against this device's blocks
+(``kiana.ledger.commits``: warnings and errors), on one read of the chain;
+``audit_json`` writes the result for ``kiana ledger verify --json`` (every finding)
+and ``/api/v1/ledger/verify`` (counts, and at most ``limit`` findings of each level).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiana.identity.mind import Genesis
-from kiana.ledger.chain import LedgerBlock, genesis_block, parse_block
+from kiana.ledger.chain import genesis_block, parse_block
 from kiana.ledger.commits import CommitReport, check_commits
 from kiana.ledger.errors import LedgerError
 from kiana.ledger.forkchoice import VerifyResult, verify_chain
@@ -52,7 +54,10 @@ def stored_head_chain(db: Database) -> StoredChain:
 
 
 def verify_stored(db: Database, genesis: Genesis) -> VerifyResult:
-    chain = stored_head_chain(db)
+    return _verify(stored_head_chain(db), genesis)
+
+
+def _verify(chain: StoredChain, genesis: Genesis) -> VerifyResult:
     result = verify_chain([genesis_block(genesis), *chain.texts], genesis)
     if result.ok and chain.broken_at is not None:
         return VerifyResult(
@@ -65,32 +70,70 @@ def verify_stored(db: Database, genesis: Genesis) -> VerifyResult:
     return result
 
 
-def commits_stored(db: Database, genesis: Genesis, upto: int) -> CommitReport:
-    """Check the commit records of the stored head chain up to height ``upto`` (verified)."""
-    blocks: list[LedgerBlock] = []
-    for text in stored_head_chain(db).texts:
-        block = parse_block(text)
-        if block.height > upto:
-            break
-        blocks.append(block)
-    return check_commits(db, genesis.device, blocks)
+def report_json(report: CommitReport, *, limit: int | None = None) -> dict[str, Any]:
+    """The commit check as JSON: every finding, or counts and the first ``limit`` of each level.
 
-
-def report_json(report: CommitReport) -> dict[str, Any]:
-    """The commit check as JSON (``kiana ledger verify --json``, ``/api/v1/ledger/verify``)."""
+    Without ``limit`` this is ``kiana ledger verify --json``'s ``commits`` as it always was;
+    with it (``/api/v1/ledger/verify``) ``error_count`` and ``warning_count`` say how many
+    there are and the lists hold at most ``limit`` findings each (lowest height first).
+    """
 
     def findings(level: str) -> list[dict[str, Any]]:
-        return [
+        found = [
             {"code": f.code, "height": f.height, "record": f.record, "message": f.message}
             for f in report.findings
             if f.level == level
         ]
+        return found if limit is None else found[:limit]
 
-    return {
+    out: dict[str, Any] = {
         "checked": report.checked,
         "errors": findings("error"),
         "warnings": findings("warning"),
         "private": {"resolved": report.private_resolved, "not_checkable": report.private_opaque},
+    }
+    if limit is not None:
+        out["error_count"] = len(report.errors)
+        out["warning_count"] = len(report.warnings)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerAudit:
+    """The stored chain verified from the genesis, and the verified part's commit check."""
+
+    chain: VerifyResult
+    commits: CommitReport
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and not self.commits.errors
+
+
+def audit_stored(db: Database, genesis: Genesis) -> LedgerAudit:
+    """Verify the stored head chain, then check the commit records of its verified part.
+
+    Blocking (reads the store): the API runs it off the event loop.
+    """
+    chain = stored_head_chain(db)
+    result = _verify(chain, genesis)
+    # texts[i] is height i + 1 when the chain reaches the genesis; verify_chain checked
+    # heights 1..result.height (a chain that does not reach it verifies to height 0).
+    verified = [parse_block(text) for text in chain.texts[: max(result.height, 0)]]
+    return LedgerAudit(result, check_commits(db, genesis.device, verified))
+
+
+def audit_json(audit: LedgerAudit, *, limit: int | None = None) -> dict[str, Any]:
+    """``kiana ledger verify --json`` (every finding) and ``/api/v1/ledger/verify`` (``limit``)."""
+    result = audit.chain
+    return {
+        "ok": audit.ok,
+        "chain_ok": result.ok,
+        "height": result.height,
+        "first_bad_height": result.first_bad_height,
+        "code": result.code or None,
+        "reason": result.reason or None,
+        "commits": report_json(audit.commits, limit=limit),
     }
 
 
