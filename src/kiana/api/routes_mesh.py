@@ -207,17 +207,12 @@ async def ledger_blocks(
 
 @router.get(
     "/ledger/verify",
-    summary="Verify the stored chain from the genesis; the first bad link if there is one",
+    summary="Verify the stored chain from the genesis (the first bad link if there is one),"
+    " then check its commit records against this device's blocks",
     response_model=LedgerVerifyOut,
 )
 async def ledger_verify(rt: Rt) -> dict[str, Any]:
-    from kiana.ledger.audit import verify_stored
+    from kiana.ledger.audit import FINDINGS_LIMIT, audit_json, audit_stored
 
-    result = await rt.off.read(verify_stored, rt.node.store.db, rt.node.genesis)
-    return {
-        "ok": result.ok,
-        "height": result.height,
-        "first_bad_height": result.first_bad_height,
-        "code": result.code or None,
-        "reason": result.reason or None,
-    }
+    audit = await rt.off.read(audit_stored, rt.node.store.db, rt.node.genesis)
+    return audit_json(audit, limit=FINDINGS_LIMIT)

@@ -165,12 +165,41 @@ class LedgerOut(BaseModel):
     blocks: list[LedgerBlockOut]
 
 
+class LedgerFindingOut(BaseModel):
+    code: str = Field(
+        description="Warnings: commit_absent, erase_absent, commit_before_member;"
+        " errors: commit_by_revoked, private_id_in_ledger."
+    )
+    height: int = Field(description="The ledger block that holds the record.")
+    record: str = Field(description="The ledger record's id.")
+    message: str = Field(description="What was found, in English, with the block id's prefix.")
+
+
+class LedgerPrivateOut(BaseModel):
+    resolved: int = Field(description="Private records that match this device's blocks.")
+    not_checkable: int = Field(description="Private records this device cannot check.")
+
+
+class LedgerCommitsOut(BaseModel):
+    checked: int = Field(description="Commit and erase records checked on the verified chain.")
+    error_count: int
+    warning_count: int
+    errors: list[LedgerFindingOut] = Field(description="The first errors, lowest height first.")
+    warnings: list[LedgerFindingOut] = Field(description="The first warnings, lowest first.")
+    private: LedgerPrivateOut
+
+
 class LedgerVerifyOut(BaseModel):
-    ok: bool
+    ok: bool = Field(description="The chain verifies and its commit check has no errors.")
+    chain_ok: bool = Field(description="Every link verifies from the genesis to the head.")
     height: int = Field(description="Height of the last good block (0: only the genesis).")
     first_bad_height: int | None = None
     code: str | None = None
     reason: str | None = None
+    commits: LedgerCommitsOut = Field(
+        description="The verified chain's commit and erase records checked against this"
+        " device's blocks: counts, and at most 50 findings of each level."
+    )
 
 
 class PinsOut(BaseModel):

@@ -23,6 +23,8 @@ from kiana.ledger.errors import LedgerError
 from kiana.ledger.forkchoice import VerifyResult, verify_chain
 from kiana.store.db import Database
 
+FINDINGS_LIMIT = 50  # findings of each level /api/v1/ledger/verify lists (counts are whole)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredChain:
