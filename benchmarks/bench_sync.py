@@ -136,6 +136,9 @@ def line_of(block: Block) -> bytes:
 def thread_cpu(services: dict[str, MeshService]) -> dict[str, float]:
     """CPU seconds so far of the event-loop thread and of each service's store thread."""
     names = {threading.main_thread().native_id: "event loop (all services)"}
+    for t in threading.enumerate():  # the sync engines' signature checkers (intake.py)
+        if t.name.startswith("kiana-sync-verify") and t.native_id is not None:
+            names[t.native_id] = "verify threads (all services)"
     for side, svc in services.items():
         for t in list(getattr(svc._db, "_threads", ())):
             names[t.native_id] = f"{side} store thread"
@@ -534,15 +537,18 @@ def top_functions(prof: cProfile.Profile, limit: int = 18) -> dict[str, Any]:
 
 GROUPS = {
     # store thread, receiving side
-    "engine._on_records (parse + verify + admit + put_many)": "engine.py:{}(_on_records)",
-    "  verify_block (canonical JSON + sha256 + Ed25519)": "signing.py:{}(verify_block)",
+    "intake._on_records (parse + id check + admit + put_batches)": "intake.py:{}(_on_records)",
+    "  parse_lines (json.loads + parse_block + canonical JSON + sha256)": "intake.py:{}(parse_lines)",
+    "  check_signatures (Ed25519, inline: small messages)": "intake.py:{}(check_signatures)",
     "  parse_block": "codec.py:{}(parse_block)",
     "  loads_record (json.loads)": "codec.py:{}(loads_record)",
-    "  BlockStore.put_many": "blocks.py:{}(put_many)",
+    "  BlockStore.put_batches (one transaction per message)": "blocks.py:{}(put_batches)",
+    "  waiting for the verify thread (Future.result)": "_base.py:{}(result)",
     "engine._push_new (scan + fetch_records after each B message)": "engine.py:{}(_push_new)",
     "  items.fetch_records": "items.py:{}(fetch_records)",
     "  items.scan": "items.py:{}(scan)",
-    "engine._send_records (serialise records)": "engine.py:{}(_send_records)",
+    "engine._send_records (serialise pushed records)": "engine.py:{}(_send_records)",
+    "engine._send_queued (read + serialise a burst of requested records)": "engine.py:{}(_send_queued)",
     "engine._on_want": "engine.py:{}(_on_want)",
     "Messenger.send (seal + outbox INSERT)": "messenger.py:{}(send)",
     "Messenger.receive (open + inbox INSERT)": "messenger.py:{}(receive)",

@@ -95,10 +95,18 @@ def make_block(
 
 def verify_block(block: Block, lookup: KeyLookup) -> None:
     """Raise ``IdMismatchError``, ``UnknownAuthorError`` or ``BadSignatureError``."""
+    check_signature(block_message(block), block.sig, block.author, lookup, "block", block.id)
+
+
+def block_message(block: Block) -> bytes:
+    """What a block's signature covers, once its id is checked (else ``IdMismatchError``).
+
+    ``verify_block`` in two steps, for callers that check signatures on another thread.
+    """
     digest = _digest(block.unsigned_dict())
     if not hmac.compare_digest(digest.hex(), block.id):
         raise IdMismatchError(f"block id {block.id[:12]}… does not match its content")
-    _check_sig(BLOCK_DOMAIN + digest, block.sig, block.author, lookup, "block", block.id)
+    return BLOCK_DOMAIN + digest
 
 
 def make_tombstone(
@@ -113,15 +121,24 @@ def make_tombstone(
 
 
 def verify_tombstone(tomb: Tombstone, lookup: KeyLookup) -> None:
+    check_signature(tombstone_message(tomb), tomb.sig, tomb.author, lookup, "tombstone", tomb.id)
+
+
+def tombstone_message(tomb: Tombstone) -> bytes:
+    """What a tombstone's signature covers, once its id is checked (else ``IdMismatchError``)."""
     digest = _digest(tomb.unsigned_dict())
     if not hmac.compare_digest(digest.hex(), tomb.id):
         raise IdMismatchError(f"tombstone id {tomb.id[:12]}… does not match its content")
-    _check_sig(TOMBSTONE_DOMAIN + digest, tomb.sig, tomb.author, lookup, "tombstone", tomb.id)
+    return TOMBSTONE_DOMAIN + digest
 
 
-def _check_sig(
+def check_signature(
     message: bytes, sig_hex: str, author: str, lookup: KeyLookup, what: str, rid: str
 ) -> None:
+    """Raise ``UnknownAuthorError`` or ``BadSignatureError`` unless ``author`` signed ``message``.
+
+    PyNaCl releases the GIL inside libsodium: this may run on a worker thread.
+    """
     raw = lookup(author)
     if raw is None:
         raise UnknownAuthorError(f"{what} {rid[:12]}… is signed by unknown device {author}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,27 @@ class BlockStore:
                 verify_block(block, self.device_key)
         return self.db.write(lambda conn: self._put_locked(conn, blocks))
 
+    def put_batches(
+        self, batches: Iterable[Sequence[Block]], *, verified: bool = False
+    ) -> list[PutResult]:
+        """Store blocks in one transaction, a batch at a time as the iterable yields them.
+
+        For a producer that works between batches (sync checks signatures on another
+        thread meanwhile); it runs inside the write, so it must not write to this store.
+        Any error, a failed verification too, rolls everything back.
+        """
+
+        def write(conn: Conn) -> list[PutResult]:
+            results: list[PutResult] = []
+            for batch in batches:
+                if not verified:
+                    for block in batch:
+                        verify_block(block, self.device_key)
+                results += self._put_locked(conn, batch)
+            return results
+
+        return self.db.write(write)
+
     def _put_locked(self, conn: Conn, blocks: Sequence[Block]) -> list[PutResult]:
         ids = list(dict.fromkeys(b.id for b in blocks))
         erased = _existing(conn, "SELECT erases FROM tombstones WHERE erases IN ({})", ids)
@@ -231,16 +252,17 @@ class BlockStore:
             tags.extend((t, block.id) for t in block.meta.tags)
             refs.extend((r.id, r.rel, block.id, block.created) for r in block.refs)
             results.append(PutResult.STORED)
-        conn.executemany(
+        conn.insert_rows(
             "INSERT INTO blocks (id, v, kind, scope, body, meta, title, tags_text, source, author,"
-            " created, refs, sig, body_hash, erased, stored, search_text)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            " created, refs, sig, body_hash, erased, stored, search_text) VALUES {}",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             rows,
         )
-        conn.executemany("INSERT INTO block_tags (tag, block_id) VALUES (?, ?)", tags)
-        conn.executemany(
-            "INSERT INTO block_refs (target, rel, block_id, created) VALUES (?, ?, ?, ?)"
+        conn.insert_rows("INSERT INTO block_tags (tag, block_id) VALUES {}", "(?, ?)", tags)
+        conn.insert_rows(
+            "INSERT INTO block_refs (target, rel, block_id, created) VALUES {}"
             " ON CONFLICT DO NOTHING",
+            "(?, ?, ?, ?)",
             refs,
         )
         return results

@@ -24,6 +24,7 @@ from kiana.errors import DatabaseUnavailableError, StoreError
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
 Row = tuple[Any, ...]
+INSERT_ROWS = 50  # rows per multi-row INSERT (16 values each: far below either limit)
 
 
 class Cursor(Protocol):
@@ -57,6 +58,19 @@ class Conn:
         if rows:
             cur: Cursor = self.raw.cursor()
             cur.executemany(self._sql(sql), rows)
+
+    def insert_rows(
+        self, sql: str, one: str, rows: Sequence[Sequence[Any]], per: int = INSERT_ROWS
+    ) -> None:
+        """``sql`` with ``{}`` for ``VALUES (..), (..), ...``: ``per`` rows a statement.
+
+        One statement for many rows, where ``executemany`` runs one per row: the SQLite
+        driver lets go of the GIL for each, and each time it wants it back it may wait for
+        another thread's Python (sync checks signatures on a second thread meanwhile).
+        """
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            self.execute(sql.format(", ".join([one] * len(part))), [v for r in part for v in r])
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row = self.execute(sql, params).fetchone()

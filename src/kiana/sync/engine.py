@@ -31,14 +31,13 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from kiana.blocks import Block, Tombstone
-from kiana.blocks.codec import loads_record, parse_block, parse_tombstone
-from kiana.blocks.signing import verify_block, verify_tombstone
-from kiana.errors import BlockError, FrameError, KianaError
-from kiana.store import BlockStore, PutResult
+from kiana.errors import FrameError
+from kiana.store import BlockStore
+from kiana.sync.intake import Admission, Intake, PeerSync, Verdict, obj_id
 from kiana.sync.items import Cursor, SyncItem, erased_ids, fetch_records, record_of, scan
 from kiana.sync.reconcile import ItemSet, Reconciler
 
@@ -50,47 +49,13 @@ WANT_IDS = 8_000  # ids per want message
 RESYNC_MS = 30_000
 SESSION_TTL_MS = 120_000
 FULL_SCAN_MS = 300_000
+SEND_READ = 300  # ids read from the store per step when sending records
+SEND_BURST = 8  # records messages per peer per call (the rest at the next tick)
 
 Out = tuple[str, bytes]
 
 
-@dataclass(slots=True)
-class PeerSync:
-    """What sync knows about one peer."""
-
-    device: str
-    full_view: bool  # same person: private items too
-    up: bool = False
-    up_since: int = 0
-    session: bytes = b""
-    reconciler: Reconciler | None = None
-    started: int = 0
-    last_exchange: int | None = None
-    last_reconciled: int | None = None
-    wanted: set[str] = field(default_factory=set)  # ids asked for, not yet received
-    behind: int = 0  # items the peer has that we lacked at the last reconciliation
-    ahead: int = 0  # items we had that the peer lacked
-    received: int = 0
-    sent: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    rejected: int = 0
-    next_resync: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Whether a verified record may be stored here, and why not."""
-
-    ok: bool
-    reason: str = ""
-
-
-# (record, sending peer) -> Verdict; the node decides membership, revocation, scope.
-Admission = Callable[[Block | Tombstone, str], Verdict]
-
-
-class SyncEngine:
+class SyncEngine(Intake):
     def __init__(
         self,
         store: BlockStore,
@@ -102,8 +67,13 @@ class SyncEngine:
         may_erase: Callable[[str, str], bool] | None = None,
         resync_ms: int = RESYNC_MS,
         rng_bytes: Callable[[int], bytes] = os.urandom,
+        verify_threads: int = 1,
     ) -> None:
         self.store = store
+        # Records of a large message are checked a slice ahead of the store (intake.py),
+        # on this many worker threads (0: inline); started with the first such message.
+        self.verify_threads = verify_threads
+        self.verify_pool: Executor | None = None
         self.me = me
         self.same_person = same_person
         self.admit = admit
@@ -165,6 +135,20 @@ class SyncEngine:
         else:
             self._shared.discard(created, key)
 
+    def close(self) -> None:
+        """Stop the verify threads (if any were started); the engine still works, inline."""
+        pool, self.verify_pool = self.verify_pool, None
+        self.verify_threads = 0
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _pool(self) -> Executor | None:
+        if self.verify_pool is None and self.verify_threads > 0:
+            self.verify_pool = ThreadPoolExecutor(
+                self.verify_threads, thread_name_prefix="kiana-sync-verify"
+            )
+        return self.verify_pool
+
     def counts(self) -> dict[str, int]:
         return {"items": len(self._full), "shared": len(self._shared)}
 
@@ -189,6 +173,7 @@ class SyncEngine:
             state.reconciler = None
             state.session = b""
             state.wanted.clear()  # asked again (from whoever has it) at the next session
+            state.outgoing.clear()  # sent again if the peer still lacks it at the next session
             state.behind = 0
 
     def _start(self, state: PeerSync, now: int) -> list[Out]:
@@ -213,6 +198,8 @@ class SyncEngine:
         for state in self.peers.values():
             if not state.up:
                 continue
+            if state.outgoing:
+                out += self._send_queued(state, now)
             stale = state.reconciler is not None and now - state.started > SESSION_TTL_MS
             if (state.reconciler is None or stale) and now >= state.next_resync:
                 state.next_resync = now + self.resync_ms
@@ -339,7 +326,8 @@ class SyncEngine:
             chunk = have[start : start + WANT_IDS]
             final = b"\x01" if start + WANT_IDS >= len(have) else b"\x00"
             out += self._out(state, b"D" + final + b"".join(bytes.fromhex(i) for i in chunk), now)
-        out += self._send_records(state, fetch_records(self.store, have), now)
+        state.outgoing.extend(have)  # read and sent a burst at a time (the rest at each tick)
+        out += self._send_queued(state, now)
         # Ids already awaited from another peer are not asked for twice (a new device
         # linked to several peers would otherwise download everything from each).
         elsewhere = set().union(*(p.wanted for p in self.peers.values() if p is not state and p.up))
@@ -368,7 +356,38 @@ class SyncEngine:
             raise FrameError("a want message has a broken id list")
         ids = [raw[i : i + 32].hex() for i in range(0, len(raw), 32)]
         allowed = [i for i in ids if state.full_view or i not in self._private]
-        return self._send_records(state, fetch_records(self.store, allowed), now)
+        state.outgoing.extend(allowed)
+        return self._send_queued(state, now)
+
+    def _send_queued(self, state: PeerSync, now: int) -> list[Out]:
+        """Read and send the records queued for a peer: ``SEND_BURST`` full messages at most.
+
+        A bulk answer (20 000 records) read all at once kept the store thread busy for
+        most of a second before the first message left; a burst at a time, the first
+        records are on their way at once and the next tick sends more.
+        """
+        out: list[Out] = []
+        batch: list[bytes] = []
+        size = sent = 0
+        while state.outgoing and len(out) < SEND_BURST:
+            step = min(SEND_READ, len(state.outgoing))
+            ids = [state.outgoing.popleft() for _ in range(step)]
+            records = fetch_records(self.store, ids)
+            for n, item in enumerate(records):
+                line = _line(item)
+                if batch and size + len(line) > BATCH_BYTES:
+                    out += self._out(state, b"B" + b"\n".join(batch), now)
+                    batch, size = [], 0
+                    if len(out) >= SEND_BURST:  # the rest of this step waits for the next
+                        state.outgoing.extendleft(reversed([r.id for r in records[n:]]))
+                        break
+                batch.append(line)
+                size += len(line) + 1
+                sent += 1
+        if batch:
+            out += self._out(state, b"B" + b"\n".join(batch), now)
+        state.sent += sent
+        return out
 
     def _send_records(
         self, state: PeerSync, records: list[Block | Tombstone], now: int
@@ -377,7 +396,7 @@ class SyncEngine:
         batch: list[bytes] = []
         size = 0
         for item in records:
-            line = json.dumps(record_of(item), separators=(",", ":"), ensure_ascii=False).encode()
+            line = _line(item)
             if batch and size + len(line) > BATCH_BYTES:
                 out += self._out(state, b"B" + b"\n".join(batch), now)
                 batch, size = [], 0
@@ -392,102 +411,6 @@ class SyncEngine:
         state.bytes_out += len(body)
         state.last_exchange = now
         return [(state.device, body)]
-
-    # -- records arriving -------------------------------------------------------------------------
-
-    def _on_records(self, state: PeerSync, payload: bytes, now: int) -> None:
-        blocks: list[Block] = []
-        for line in payload.split(b"\n"):
-            if not line:
-                continue
-            try:
-                obj = loads_record(line)
-                record: Any = obj.get("record")
-                if obj.get("type") == "tombstone":
-                    tomb = parse_tombstone(record)
-                    verify_tombstone(tomb, self.store.device_key)
-                    self._check(state, tomb)
-                    self._store_blocks(state, blocks)
-                    blocks = []
-                    self._store_tombstone(state, tomb)
-                elif obj.get("type") == "block":
-                    block = parse_block(record)
-                    if block.id in self._erased and not self._overruled(block):
-                        state.wanted.discard(block.id)
-                        continue  # a tombstone beats content, whoever sends it
-                    verify_block(block, self.store.device_key)
-                    self._check(state, block)
-                    blocks.append(block)
-                else:
-                    raise BlockError("unknown record type")
-            except KianaError as exc:
-                self._reject(state, obj_id(line), exc.code)
-        self._store_blocks(state, blocks)
-
-    def _overruled(self, block: Block) -> bool:
-        """A tombstone that came before its block: drop it if its author may not erase it."""
-        if self.may_erase is None:
-            return False
-        tomb = self.store.tombstone_for(block.id)
-        if tomb is None or self.may_erase(tomb.author, block.author):
-            return False
-        try:
-            verify_block(block, self.store.device_key)
-        except KianaError:
-            return False  # a forged block cannot lift a tombstone
-        if not self.store.drop_tombstone(tomb.id):
-            return False
-        log.warning("dropped an erasure by %s that was not allowed", tomb.author)
-        key = bytes.fromhex(tomb.id)
-        self._have.discard(tomb.id)
-        self._full.discard(tomb.created, key)
-        self._shared.discard(tomb.created, key)
-        self._private.discard(tomb.id)
-        self._erased.discard(block.id)
-        return True
-
-    def _check(self, state: PeerSync, item: Block | Tombstone) -> None:
-        verdict = self.admit(item, state.device)
-        if not verdict.ok:
-            refused = BlockError(f"refused by the admission rules: {verdict.reason}")
-            refused.code = verdict.reason  # the rejection log shows the rule
-            raise refused
-        if isinstance(item, Block) and item.scope == "private" and not state.full_view:
-            raise BlockError("a private block from a device of another person")
-
-    def _reject(self, state: PeerSync, record_id: str, reason: str) -> None:
-        state.rejected += 1
-        state.wanted.discard(record_id)  # it will not come in a valid form from this peer
-        state.behind = len(state.wanted)
-        self.rejections.append((state.device, record_id, reason))
-        del self.rejections[:-100]
-        log.warning("rejected a record from %s: %s", state.device, reason)
-
-    def _store_blocks(self, state: PeerSync, blocks: list[Block]) -> None:
-        if not blocks:
-            return
-        results = self.store.put_many(blocks, verified=True)
-        stored = [b for b, r in zip(blocks, results, strict=True) if r is PutResult.STORED]
-        for block in blocks:
-            state.wanted.discard(block.id)
-        for block in stored:
-            self._origin[block.id] = state.device
-        state.received += len(stored)
-        state.behind = len(state.wanted)
-        if stored and self.on_stored is not None:
-            self.on_stored(stored, [])
-
-    def _store_tombstone(self, state: PeerSync, tomb: Tombstone) -> None:
-        state.wanted.discard(tomb.id)
-        if tomb.id in self._have:
-            return
-        self.store.erase(tomb, verified=True)
-        self._origin[tomb.id] = state.device
-        self._erased.add(tomb.erases)
-        state.received += 1
-        state.behind = len(state.wanted)
-        if self.on_stored is not None:
-            self.on_stored([], [tomb.erases])
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -516,10 +439,9 @@ class SyncEngine:
         ]
 
 
-def obj_id(line: bytes) -> str:
-    """A record id for the rejection log, if one can be read."""
-    try:
-        value = json.loads(line).get("record", {}).get("id", "")
-        return value if isinstance(value, str) else ""
-    except (ValueError, AttributeError):
-        return ""
+def _line(item: Block | Tombstone) -> bytes:
+    """A record as one line of a ``B`` message."""
+    return json.dumps(record_of(item), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+__all__ = ["Admission", "PeerSync", "SyncEngine", "Verdict", "obj_id"]
