@@ -552,10 +552,70 @@ def test_sync_page_and_ledger(page: Any, node_a: Server, artifacts: Path) -> Non
     expect(row).to_have_count(1)
     expect(row).to_contain_text(re.compile("in sync|behind"))
     page.get_by_test_id("ledger-verify").click()
-    verdict = page.get_by_test_id("ledger-verdict")
-    expect(verdict).to_contain_text("The chain verifies")
+    expect(page.get_by_test_id("ledger-chain")).to_contain_text(
+        re.compile(r"Chain OK: \d+ sealed blocks verified")
+    )
+    # the commit check: A's and B's facts are on A, nothing on the chain is wrong
+    expect(page.get_by_test_id("ledger-counts")).to_contain_text("Errors: 0")
+    expect(page.locator("[data-testid=ledger-finding][data-level=error]")).to_have_count(0)
     audit(page, "sync")
     shot(page, artifacts, "sync-light", docs=True)
+
+
+def seal_forged_chain(settings: Settings) -> dict[str, str]:
+    """One ledger block, sealed by the mind's device, that commits an id no device has
+    (a warning) and a private block's id (an error: sealed as older versions did)."""
+    from kiana.ledger import Ledger, SqlLedgerStore, commit_record
+    from kiana.node import Node
+
+    absent = "ab" * 32
+    with Node.open(settings) as node:
+        node.auto_embed = False
+        secret = node.remember("a private note", scope="private").block
+        ledger = Ledger(node.genesis, store=SqlLedgerStore(node.store.db))
+        ledger.add_records([commit_record(absent), commit_record(secret.id)])
+        assert ledger.propose(node.keys, node.genesis.created + 5_000) is not None
+    return {"absent": absent, "private": secret.id}
+
+
+def test_ledger_commit_findings_on_a_forged_chain(
+    browser: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    settings = make_home(tmp_path)  # a small node of its own, no model needed
+    forged = seal_forged_chain(settings)
+    token = (settings.home / "api-token").read_text().strip()
+    with stoppable_server(settings) as (url, _stop):
+        ctx = browser.new_context(base_url=url, viewport=DESKTOP, locale="en-GB")
+        ctx.set_default_timeout(20_000)
+        try:
+            page = ctx.new_page()
+            login(page, token, "/sync")
+            page.get_by_test_id("ledger-verify").click()
+            expect(page.get_by_test_id("ledger-chain")).to_contain_text(
+                re.compile(r"Chain OK: [12] sealed blocks verified")  # 2: the node sealed more
+            )
+            expect(page.get_by_test_id("ledger-counts")).to_have_text("Errors: 1 · Warnings: 1")
+            findings = page.get_by_role("list", name="Commit findings")
+            expect(findings.get_by_role("listitem")).to_have_count(2)
+            error = page.locator("[data-testid=ledger-finding][data-level=error]")
+            expect(error).to_contain_text("Error:")  # in words, not by colour alone
+            expect(error).to_contain_text("names a private block")
+            expect(error).to_contain_text(forged["private"][:12])
+            warning = page.locator("[data-testid=ledger-finding][data-level=warning]")
+            expect(warning).to_contain_text("Warning:")
+            expect(warning).to_contain_text("Committed block not on this device (not synced yet?)")
+            expect(warning).to_contain_text(forged["absent"][:12])
+            audit(page, "sync-findings")
+            shot(page, artifacts, "sync-findings")
+            set_dark(page, True)
+            audit(page, "sync-findings-dark")
+            page.get_by_test_id("lang-switch").select_option("de")
+            expect(warning).to_contain_text("Warnung:")
+            expect(warning).to_contain_text("nicht auf diesem Gerät (noch nicht synchronisiert?)")
+            expect(page.get_by_test_id("ledger-counts")).to_have_text("Fehler: 1 · Warnungen: 1")
+            shot(page, artifacts, "sync-findings-de-dark")
+        finally:
+            ctx.close()
 
 
 def test_system_page(page: Any, node_a: Server, artifacts: Path) -> None:
