@@ -297,7 +297,7 @@ def test_migration_8_signs_own_old_ops_and_refetches_others(store_url: str) -> N
                 )
 
         db.write(write_v7)
-        assert migrate(db) == [8]
+        assert migrate(db) == [8, 9]
         rows = db.read(lambda c: c.all("SELECT replica, sig FROM crdt_ops ORDER BY replica, seq"))
         assert [(r, s) for r, s in rows] == [("a", None)] * 3 + [("b", None)] * 2
         reader = SharedState("a", store=old)  # read-only (no key): repairs nothing of its own

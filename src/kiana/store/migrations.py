@@ -157,6 +157,17 @@ CREATE TABLE crdt_ops (
 );
 """
 
+_CRDT_PROOFS = """
+CREATE TABLE crdt_proofs (
+    replica TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    lamport BIGINT NOT NULL,
+    op TEXT NOT NULL,
+    sig TEXT,
+    PRIMARY KEY (replica, seq)
+);
+"""
+
 _MESH_TABLES = """
 ALTER TABLE devices ADD COLUMN revoked BIGINT;
 ALTER TABLE devices ADD COLUMN revoke_record TEXT NOT NULL DEFAULT '';
@@ -341,6 +352,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         # devices send them again, signed).
         sqlite=("ALTER TABLE crdt_ops ADD COLUMN sig TEXT",),
         postgres=("ALTER TABLE crdt_ops ADD COLUMN sig TEXT",),
+    ),
+    Migration(
+        9,
+        "shared state: proofs of equivocation (a second op signed for one dot)",
+        # kiana.sync.crdt_store: per equivocated dot, the op not kept (crdt_ops holds the
+        # one kept: the lower SHA-256 of the signed encoding). Sent on to peers.
+        sqlite=_split(_CRDT_PROOFS),
+        postgres=_split(_CRDT_PROOFS),
     ),
 )
 

@@ -42,8 +42,17 @@ forged, unknown, badly signed ops and new ops of a revoked device sent by that
 device itself (``crdt_members`` states the rules and why they converge). Refused
 ops are returned as ``Refusal`` records; they are never applied, stored or sent on.
 
+Equivocation: a replica that signs two different ops for one dot is caught when
+both reach one device (``receive``: the second verifies but differs; peers compare log
+digests, ``crdt_digest``, so that they do). Every device keeps, for that dot, the op
+with the lower ``op_hash`` (SHA-256 of its signed encoding), whatever order they came
+in, and rebuilds its state if the other had been applied; it keeps the other op as the
+proof (``proof``) and reports the dot (``Received.equivocated``, refusal code
+``equivocation``) so that its gossip forwards both ops. docs/sync.md has the argument.
+
 Wire format: ``crdt_wire`` (version 2, signed; version 1 frames are refused).
-Storage: ``crdt_store`` (``crdt_ops``, with the signature since migration 8).
+Storage: ``crdt_store`` (``crdt_ops``, with the signature since migration 8; the
+proofs of equivocation in ``crdt_proofs``, migration 9).
 
 Limits: keys, counter and set names and elements are 1-256 characters;
 register values are JSON (no NaN, string keys, ints within 64 bits) of at
@@ -65,6 +74,7 @@ from typing import cast
 from nacl.signing import SigningKey
 
 from kiana.errors import ConflictError, InputError, KianaError
+from kiana.sync.crdt_digest import CHUNK, chunk_digest, log_digest
 from kiana.sync.crdt_members import Directory, Refusal, ReplicaKey, check_op
 from kiana.sync.crdt_store import MemoryOpStore, OpStore, SqlOpStore
 from kiana.sync.crdt_wire import (
@@ -84,6 +94,7 @@ from kiana.sync.crdt_wire import (
     decode_state_vector,
     encode_ops,
     encode_state_vector,
+    op_hash,
     sign_op,
     state_vector,
     value_text,
@@ -93,10 +104,15 @@ from kiana.sync.crdt_wire import (
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """What ``receive`` did with a batch: ops applied now, and the ops refused."""
+    """What ``receive`` did with a batch: ops applied now, the ops refused, the dots
+    whose pair of equivocating ops changed here (new proof or new winner: send both to
+    every peer), and the dots for which the batch carried only an op not kept here (the
+    sender may hold it: send it both)."""
 
     applied: int
     refused: tuple[Refusal, ...] = ()
+    equivocated: tuple[Dot, ...] = ()
+    outdated: tuple[Dot, ...] = ()
 
 
 # -- state --------------------------------------------------------------------------
@@ -126,8 +142,13 @@ class SharedState:
         self._counters: dict[str, int] = {}
         self._sets: dict[str, dict[str, set[Dot]]] = {}
         self._removed: set[tuple[str, str, str, int]] = set()  # rems ahead of their adds
+        self._hashes: dict[str, list[bytes]] = {}  # op_hash of each applied op, per replica
+        self._chunks: dict[str, list[bytes]] = {}  # digests of complete chunks, per replica
+        self._proofs: dict[Dot, Op] = {}  # equivocated dot -> the other op (not the winner)
+        self.version = 0  # counts changes to the applied ops (their digests)
         if store is not None:
             self._ingest(self._load(store))
+            self._proofs = {op.dot: op for op in store.load_proofs()}
 
     # -- registers --
 
@@ -193,6 +214,42 @@ class SharedState:
     def held_count(self) -> int:
         return sum(len(ops) for ops in self._held.values())
 
+    def op_at(self, dot: Dot) -> Op | None:
+        """The op applied or held for ``dot`` (the winner, if it was equivocated)."""
+        replica, seq = dot
+        log = self._log.get(replica)
+        if log is not None and seq <= len(log):
+            return log[seq - 1]
+        return self._held.get(replica, {}).get(seq)
+
+    def ops_of(self, replica: str, first: int, last: int) -> list[Op]:
+        """The applied ops ``first``..``last`` of ``replica`` (as far as applied)."""
+        return self._log.get(replica, [])[max(first, 1) - 1 : last]
+
+    def equivocations(self) -> dict[Dot, tuple[Op, Op]]:
+        """Per dot known to be equivocated: (the op kept, the other op seen)."""
+        out: dict[Dot, tuple[Op, Op]] = {}
+        for dot, other in sorted(self._proofs.items()):
+            kept = self.op_at(dot)
+            if kept is not None:
+                out[dot] = (kept, other)
+        return out
+
+    def chunk_digests(self, replica: str, seq: int) -> list[bytes]:
+        """Digests of the applied ops 1..``seq`` of ``replica`` by ``CHUNK`` (``crdt_digest``)."""
+        hashes = self._hashes.get(replica, [])
+        if not 0 <= seq <= len(hashes):
+            raise InputError(f"replica {replica} has no applied op {seq}")
+        full = seq // CHUNK
+        out = self._chunks.get(replica, [])[:full]
+        if seq % CHUNK:
+            out.append(chunk_digest(hashes[full * CHUNK : seq]))
+        return out
+
+    def digest(self, replica: str, seq: int) -> bytes:
+        """Digest of the applied ops 1..``seq`` of ``replica``."""
+        return log_digest(self.chunk_digests(replica, seq))
+
     def delta_since(self, sv: Mapping[str, int], limit: int | None = None) -> list[Op]:
         """Applied ops the owner of ``sv`` lacks, earliest Lamport time first (so each
         replica's ops come in seq order); at most ``limit`` of them."""
@@ -220,28 +277,85 @@ class SharedState:
             raise InputError("apply takes Op objects")
         if self._directory is None:
             raise ConflictError("this replica has no member directory; it cannot check ops")
-        checked: list[Op] = []
+        checked: dict[Dot, Op] = {}
+        others: list[Op] = []  # valid ops for dots that have another op here
         refused: list[Refusal] = []
+        stale: dict[Dot, None] = {}  # dots for which the batch has an op not kept here
         for op in batch:
-            if self._known(op):
+            current = self.op_at(op.dot) or checked.get(op.dot)
+            if current == op:
+                continue
+            if current is not None and self._proofs.get(op.dot) == op:
+                stale[op.dot] = None
                 continue
             try:
                 check_op(op, self._directory, sender)
             except KianaError as exc:
                 refused.append(Refusal(op.label, exc.code, exc.message))
                 continue
-            checked.append(op)
-        applied, held = self._ingest(checked)
+            if current is None:
+                checked[op.dot] = op
+            else:
+                others.append(op)
+        applied, held = self._ingest(checked.values())
         if self._store is not None:
             self._store.save(applied, held)
-        return Received(len(applied), tuple(refused))
+        equivocated: dict[Dot, None] = {}
+        for op in others:
+            stale[op.dot] = None
+            if self._equivocation(op):
+                equivocated[op.dot] = None
+            refused.append(
+                Refusal(
+                    op.label,
+                    "equivocation",
+                    f"device {op.replica} signed two different ops as {op.label}; "
+                    "every device keeps the one with the lower hash",
+                )
+            )
+        sent = {op.sig for op in batch}
+        outdated = tuple(d for d in stale if d not in equivocated and self._sig_at(d) not in sent)
+        return Received(len(applied), tuple(refused), tuple(equivocated), outdated)
 
     # -- internals --
 
-    def _known(self, op: Op) -> bool:
-        if op.seq <= len(self._log.get(op.replica, ())):
+    def _sig_at(self, dot: Dot) -> bytes:
+        op = self.op_at(dot)
+        return b"" if op is None else op.sig
+
+    def _equivocation(self, op: Op) -> bool:
+        """Take ``op``, valid but not the op here for its dot: the lower ``op_hash`` wins,
+        the other is kept as the proof. True if the pair for the dot changed."""
+        current = self.op_at(op.dot)
+        assert current is not None
+        if current == op or self._proofs.get(op.dot) == op:
+            return False  # (a batch can carry the same op twice)
+        if op_hash(op) < op_hash(current):
+            self._proofs[op.dot] = current
+            if self._store is not None:
+                self._store.equivocation(op, current)
+            held = self._held.get(op.replica)
+            if held is not None and op.seq in held:
+                held[op.seq] = op
+            else:
+                self._log[op.replica][op.seq - 1] = op
+                self._rebuild()
             return True
-        return op.seq in self._held.get(op.replica, {})
+        if op.dot in self._proofs:
+            return False  # a third op for the dot: reported, the pair kept
+        self._proofs[op.dot] = op
+        if self._store is not None:
+            self._store.equivocation(None, op)
+        return True
+
+    def _rebuild(self) -> None:
+        """Recompute the state from the applied ops (after one of them was replaced)."""
+        logs = self._log
+        self._log, self._hashes, self._chunks = {}, {}, {}
+        self._registers, self._counters, self._sets, self._removed = {}, {}, {}, set()
+        for log in logs.values():
+            for op in log:
+                self._apply_one(op)
 
     def _load(self, store: OpStore) -> list[Op]:
         """The stored ops; unsigned ones (stored before signatures) repaired: this
@@ -306,6 +420,11 @@ class SharedState:
 
     def _apply_one(self, op: Op) -> None:
         self._log.setdefault(op.replica, []).append(op)
+        hashes = self._hashes.setdefault(op.replica, [])
+        hashes.append(op_hash(op))
+        if len(hashes) % CHUNK == 0:
+            self._chunks.setdefault(op.replica, []).append(chunk_digest(hashes[-CHUNK:]))
+        self.version += 1
         self._clock = max(self._clock, op.lamport)
         if op.kind in ("set", "del"):
             current = self._registers.get(op.key)

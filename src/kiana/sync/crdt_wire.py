@@ -230,6 +230,13 @@ def sign_op(key: SigningKey, op: Op) -> Op:
     return signed
 
 
+def op_hash(op: Op) -> bytes:
+    """SHA-256 of the op's signed encoding (the signed message and the signature): what
+    log digests are made of, and the order that picks one of two ops signed for one dot
+    (the lower wins; ``SharedState``)."""
+    return hashlib.sha256(signed_message(op) + op.sig).digest()
+
+
 @lru_cache(maxsize=1024)
 def _verify_key(raw: bytes) -> VerifyKey:
     return VerifyKey(raw)

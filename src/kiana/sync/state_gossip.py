@@ -7,29 +7,41 @@
   vector as a reply (``v``), which is answered with ops only (no ping-pong);
 * ops of this replica written since the last ``tick`` go to every up peer;
 * while ops are held back for a gap (``missing()``), the vector is sent again to
-  the up peers every ``ASK_MS``, so a gap is filled from whoever has the ops.
+  the up peers every ``ASK_MS``, so a gap is filled from whoever has the ops;
+* digests of the applied ops (``crdt_digest``) go with the vector on ``peer_up`` and
+  to every up peer after the applied ops changed (at most every ``DIGEST_MS``), so
+  peers that took different ops for one dot (an equivocation) find them: the peer
+  whose log differs answers with chunk digests (``C``), the other with its ops of the
+  differing chunks (``O``); ``SharedState.receive`` then holds both ops, keeps one by
+  the rule every device applies, and the pair is sent on to every up peer (``O``).
 
 Messages (first byte)::
 
     V state-vector JSON    my vector; send me what I lack, and yours if you lack something
     v state-vector JSON    my vector, as a reply; send me what I lack
     O op frame             ops (``encode_ops``), applied in any order
+    H digests JSON         per replica, my applied seq and the digest of my log up to it
+    C chunk digests JSON   where my log differs from your H: digests per chunk
 
 Refusals: garbage frames and every op ``SharedState.receive`` refuses (forged, unknown
 replica, bad signature, revoked sender: ``crdt_members``) are counted in ``rejected``
 and per peer in ``refused``, kept in ``rejections`` as ``(peer, replica:seq, code)``
 (the newest 100, like the block engine's refused records), handed to ``on_refused``
 and logged; nothing here raises on bad input. Ops refused because their replica was
-not a member yet are asked for again, from every up peer, once it is one.
+not a member yet are asked for again, from every up peer, once it is one. A proof of
+equivocation is refused the same way (code ``equivocation``, counted against the peer
+that sent it, which may be an honest device passing the proof on); the log line names
+the device that equivocated, never the ops' content.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from kiana.errors import FrameError, InputError
 from kiana.sync.crdt import (
+    Dot,
     Op,
     SharedState,
     decode_ops,
@@ -37,12 +49,20 @@ from kiana.sync.crdt import (
     encode_ops,
     encode_state_vector,
 )
+from kiana.sync.crdt_digest import (
+    decode_chunks,
+    decode_digests,
+    differing_ops,
+    differing_replicas,
+    encode_digests,
+)
 
 log = logging.getLogger("kiana.sync.state")
 
 STATE_CHANNEL = "state"
 OPS_PER_FRAME = 2_000  # far under the messenger's 1 MiB body limit for ordinary values
 ASK_MS = 2_000
+DIGEST_MS = 1_000
 MAX_UNKNOWN = 1_000  # replicas remembered to ask for again once they are members
 
 Send = tuple[str, bytes]
@@ -51,10 +71,16 @@ OnRefused = Callable[[str, str, str], None]  # (peer, what: replica:seq, reason 
 
 class StateGossip:
     def __init__(
-        self, state: SharedState, *, ask_ms: int = ASK_MS, on_refused: OnRefused | None = None
+        self,
+        state: SharedState,
+        *,
+        ask_ms: int = ASK_MS,
+        digest_ms: int = DIGEST_MS,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.state = state
         self.ask_ms = ask_ms
+        self.digest_ms = digest_ms
         self.on_refused = on_refused
         self.refused: dict[str, int] = {}  # per peer: ops and frames refused
         self.rejections: list[tuple[str, str, str]] = []  # (peer, replica:seq, code), recent
@@ -62,6 +88,9 @@ class StateGossip:
         self.up: dict[str, None] = {}  # insertion-ordered, so output order is deterministic
         self._sent_seq = self._own_seq()
         self._next_ask = 0
+        self._next_digest = 0
+        self._digested = state.version  # the state version the last digests described
+        self.equivocations = 0  # proofs of equivocation received
         self.rejected = 0
         self.ops_in = 0
         self.ops_out = 0
@@ -83,7 +112,7 @@ class StateGossip:
 
     def peer_up(self, peer: str, now: int) -> list[Send]:
         self.up[peer] = None
-        return [(peer, self._vector(b"V"))]
+        return [(peer, self._vector(b"V")), (peer, b"H" + encode_digests(self.state))]
 
     def peer_down(self, peer: str) -> None:
         self.up.pop(peer, None)
@@ -107,11 +136,28 @@ class StateGossip:
                     self._refuse(peer, refusal.op, refusal.code, refusal.message)
                     if refusal.code == "unknown_replica" and len(self._unknown) < MAX_UNKNOWN:
                         self._unknown.add(refusal.op.rpartition(":")[0])
-                return []
+                    self.equivocations += refusal.code == "equivocation"
+                return self._proofs(got.equivocated, self.up) + self._proofs(got.outdated, [peer])
+            if kind == b"H":
+                answer = differing_replicas(self.state, decode_digests(body[1:]))
+                return [] if answer is None else [(peer, b"C" + answer)]
+            if kind == b"C":
+                return self._frames(peer, differing_ops(self.state, decode_chunks(body[1:])))
             raise FrameError("unknown state message")
         except (FrameError, InputError) as exc:
             self._refuse(peer, "", exc.code, exc.message)
             return []
+
+    def _proofs(self, dots: tuple[Dot, ...], peers: Iterable[str]) -> list[Send]:
+        """Both ops (the one kept, the other) of each of ``dots``, to ``peers``."""
+        if not dots:
+            return []
+        pairs = self.state.equivocations()
+        ops = [op for dot in dots if dot in pairs for op in pairs[dot]]
+        out: list[Send] = []
+        for peer in peers if ops else ():
+            out += self._frames(peer, ops)
+        return out
 
     def _refuse(self, peer: str, what: str, code: str, message: str) -> None:
         self.rejected += 1
@@ -134,6 +180,11 @@ class StateGossip:
             for peer in self.up:
                 out += self._frames(peer, mine)
             self._sent_seq = seq
+        if self.state.version != self._digested and now >= self._next_digest:
+            self._digested = self.state.version
+            self._next_digest = now + self.digest_ms
+            digests = b"H" + encode_digests(self.state)
+            out += [(peer, digests) for peer in self.up]
         joined = {r for r in self._unknown if self.state.is_member(r)}
         self._unknown -= joined
         if joined or (self.state.held_count() and now >= self._next_ask):
@@ -142,4 +193,4 @@ class StateGossip:
         return out
 
 
-__all__ = ["ASK_MS", "STATE_CHANNEL", "StateGossip"]
+__all__ = ["ASK_MS", "DIGEST_MS", "STATE_CHANNEL", "StateGossip"]
