@@ -124,6 +124,12 @@ class SyncPeerOut(BaseModel):
     bytes_in: int
     bytes_out: int
     rejected: int = Field(description="Invalid records this peer sent (its standing).")
+    state_rejected: int = Field(
+        0,
+        description="Shared-state ops and messages from this peer that were refused (forged,"
+        " bad signature, unknown device, garbage; proofs of another device's equivocation"
+        " it passed on count here too).",
+    )
     view: str
 
 

@@ -21,13 +21,22 @@ def sync() -> None:
 @json_option
 @pass_state
 def sync_status(state: CliState, as_json: bool) -> None:
-    """Per peer: in sync or behind by N, last exchange, bytes, rejected records."""
+    """Per peer: in sync or behind by N, last exchange, bytes, rejected records and ops."""
     data: dict[str, Any] = _need_remote(state).call("GET", "/api/v1/sync/status")
     if as_json:
         print_json(data)
         return
     table = Table()
-    for col in ("device", "name", "state", "last exchange", "received/sent", "in/out", "rejected"):
+    for col in (
+        "device",
+        "name",
+        "state",
+        "last exchange",
+        "received/sent",
+        "in/out",
+        "rejected",
+        "refused ops",
+    ):
         table.add_column(col)
     for p in data["peers"]:
         if p["in_sync"]:
@@ -40,6 +49,7 @@ def sync_status(state: CliState, as_json: bool) -> None:
         table.add_row(
             p["device"], p["name"], st, seen, f"{p['received']}/{p['sent']}",
             f"{p['bytes_in']}/{p['bytes_out']} B", str(p["rejected"]),
+            str(p.get("state_rejected", 0)),
         )  # fmt: skip
     out.print(f"{data['items']} blocks and tombstones on this device")
     out.print(table)

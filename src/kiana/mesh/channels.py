@@ -305,8 +305,10 @@ class ChannelsMixin(MeshBase):
 
     async def sync_status(self) -> dict[str, Any]:
         peers = await self._run(self.sync.status)
+        refused_ops = await self._run(lambda: dict(self._core.state_gossip.refused))
         for p in peers:
             p["name"] = self.directory.name(p["device"])
+            p["state_rejected"] = refused_ops.get(p["device"], 0)
         counts = await self._run(self._core.counts)
         return {
             "items": self.sync.counts()["items"],

@@ -6,7 +6,8 @@
   device holds the content of any block a tombstone it knows of erases;
 * nothing forged or invalid stored: every block and tombstone verifies against its
   author's key, every tombstone comes from someone allowed to erase, no id or ledger
-  block hash the rogue forged is stored anywhere, no CRDT op the rogue forged is applied;
+  block hash the rogue forged is stored anywhere, no CRDT op the rogue forged is applied,
+  and of two ops the rogue signed for one dot (equivocation) the lower-hash one is kept;
 * CRDT: identical state everywhere (vector, registers, counters, sets), nothing held
   back, every counter equal to the sum of all increments made;
 * ledger: one head everywhere, the head chain verifies from genesis, every record for a
@@ -157,6 +158,10 @@ def check(sim: Simulation) -> list[str]:
         applied_sigs = {op.sig.hex() for op in dev.core.state.delta_since({})}
         for sig in sorted(sim.forged.ops & applied_sigs):
             problems.append(f"{name}: applied a forged CRDT op (signature {sig[:12]})")
+        for dot, sig in sorted(sim.forged.kept.items()):
+            kept = dev.core.state.op_at(dot)
+            if kept is not None and kept.sig.hex() != sig:
+                problems.append(f"{name}: kept the higher-hash op of equivocated {dot}")
         for h in sorted(sim.forged.ledger):
             if ledger.block(h) is not None:
                 problems.append(f"{name}: accepted forged ledger block {h[:12]}")

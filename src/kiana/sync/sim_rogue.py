@@ -16,6 +16,7 @@ from kiana.identity.keys import DeviceKeys
 from kiana.identity.mind import Genesis
 from kiana.ledger import Ledger, LedgerBlock, commit_record, merkle_root
 from kiana.sync.crdt import Op, encode_ops, sign_op
+from kiana.sync.crdt_wire import op_hash
 from kiana.sync.sim_mind import device_keys
 from kiana.sync.sim_writes import REGISTERS
 
@@ -30,6 +31,7 @@ KINDS = (
     "bad_records",
     "forged_op",
     "bad_signature_op",
+    "equivocating_op",
 )
 
 
@@ -39,6 +41,9 @@ class Forged:
     ledger: set[str] = field(default_factory=set)  # ledger block hashes never to be accepted
     ops: set[str] = field(default_factory=set)  # signatures (hex) of CRDT ops never to apply
     sent: dict[str, int] = field(default_factory=dict)  # attacks sent, by kind
+    rogue_seq: int = 0  # the last seq of the rogue's own (equivocated) ops
+    twin: tuple[Op, Op] | None = None  # an equivocation: (sent, to send with the next attack)
+    kept: dict[tuple[str, int], str] = field(default_factory=dict)  # dot -> winner's sig (hex)
 
 
 def _line(kind: str, record: dict[str, object]) -> bytes:
@@ -87,6 +92,10 @@ def attack(
     kinds: tuple[str, ...] = KINDS,
 ) -> tuple[str, bytes] | None:
     """One malicious message (channel, body), or None if this kind has nothing to use."""
+    if forged.twin is not None:  # to whichever peer the driver picked this time
+        twins, forged.twin = forged.twin, None
+        forged.kept[twins[0].dot] = min(twins, key=op_hash).sig.hex()
+        return ("state", b"O" + encode_ops([twins[1]]))
     kind = rng.choice(kinds)
     me = keys.device_id
     out: tuple[str, bytes] | None = None
@@ -162,6 +171,18 @@ def attack(
             )
         forged.ops.add(op.sig.hex())
         out = ("state", b"O" + encode_ops([op]))
+    elif kind == "equivocating_op":
+        # Two different ops, both validly signed, for the rogue's next dot: one now, the
+        # other with the next attack (to another peer, as the driver picks). Honest
+        # devices must all keep the same one (sim_checks: identical CRDT state).
+        forged.rogue_seq += 1
+        key, lamport = rng.choice(REGISTERS), rng.randint(1, 500)
+        first, second = (
+            sign_op(keys.signing, Op(me, forged.rogue_seq, lamport, "set", key, f"twin {i} {now}"))
+            for i in range(2)
+        )
+        forged.twin = (first, second)
+        out = ("state", b"O" + encode_ops([first]))
     if out is not None:
         forged.sent[kind] = forged.sent.get(kind, 0) + 1
     return out
