@@ -175,3 +175,43 @@ def test_put_batches_is_one_transaction(mind) -> None:  # type: ignore[no-untype
     assert results[20:25] == [PutResult.DUPLICATE] * 5
     assert results[25:] == [PutResult.STORED] * 10
     assert stored_ids(phone) == {b.id for b in blocks}
+
+
+def test_an_empty_device_asks_for_records_while_it_still_reconciles(mind, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import functools
+
+    from kiana.sync.reconcile import Reconciler
+
+    # The smaller device id initiates: the empty device is the one with the smaller id.
+    source, target = sorted((mind["laptop"], mind["phone"]), key=lambda n: n.device_id)[::-1]
+    blocks = [source.new_block(body=f"reconciled note {i}") for i in range(300)]
+    source.store.put_many(blocks, verified=True)
+    # Small frames: 300 ids take several rounds (as 20,000 do with the real 60 KB limit).
+    monkeypatch.setattr(engine_mod, "Reconciler", functools.partial(Reconciler, frame_limit=2000))
+    empty, full = target.device_id, source.device_id
+    engines = {
+        empty: engine_for(target, verify_threads=0),
+        full: engine_for(source, verify_threads=0),
+    }
+    now = now_ms()
+    queue = [(empty, full, body) for _, body in engines[empty].peer_up(full, now)]
+    queue += [(full, empty, body) for _, body in engines[full].peer_up(empty, now)]
+    kinds: list[tuple[bytes, bool]] = []  # (kind sent by the empty device, still reconciling)
+    for _ in range(10_000):
+        if not queue:
+            break
+        src, dst, body = queue.pop(0)
+        now += 10
+        out = engines[dst].receive(src, body, now)
+        if dst == empty:
+            running = engines[empty].peers[full].reconciler is not None
+            kinds += [(b[:1], running) for _, b in out]
+        queue += [(dst, peer, b) for peer, b in out]
+        for dev, eng in engines.items():
+            queue += [(dev, peer, b) for peer, b in eng.tick(now)]
+    assert not queue
+    assert (b"W", True) in kinds, kinds  # asked before the reconciliation was over
+    assert sum(k == b"R" for k, _ in kinds) >= 3
+    assert stored_ids(target) == {b.id for b in blocks}
+    [status] = engines[empty].status()
+    assert status["in_sync"] and status["behind"] == 0, status

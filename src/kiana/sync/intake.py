@@ -60,6 +60,7 @@ class PeerSync:
     last_exchange: int | None = None
     last_reconciled: int | None = None
     wanted: set[str] = field(default_factory=set)  # ids asked for, not yet received
+    asked: int = 0  # how many of the running session's ``need`` were asked for already
     outgoing: deque[str] = field(default_factory=deque)  # ids to send, read a batch at a time
     behind: int = 0  # items the peer has that we lacked at the last reconciliation
     ahead: int = 0  # items we had that the peer lacked
