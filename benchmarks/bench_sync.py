@@ -138,7 +138,7 @@ def thread_cpu(services: dict[str, MeshService]) -> dict[str, float]:
     names = {threading.main_thread().native_id: "event loop (all services)"}
     for t in threading.enumerate():  # the sync engines' signature checkers (intake.py)
         if t.name.startswith("kiana-sync-verify") and t.native_id is not None:
-            names[t.native_id] = "verify threads (all services)"
+            names[t.native_id] = "verify workers (all services)"
     for side, svc in services.items():
         for t in list(getattr(svc._db, "_threads", ())):
             names[t.native_id] = f"{side} store thread"
