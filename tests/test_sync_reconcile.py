@@ -254,7 +254,7 @@ def test_bad_parameters() -> None:
 def test_protocol_errors() -> None:
     rng = random.Random(10)
     s = ItemSet(items(rng, 100))
-    resp = Reconciler(s, initiator=False, frame_limit=1100)
+    resp = Reconciler(s, initiator=False, frame_limit=1200)
     v = bytes((PROTOCOL_VERSION,))
     for bad in (
         b"",
@@ -353,3 +353,15 @@ universe = [(T0 + i // 3, hashlib.sha256(i.to_bytes(2, "big")).digest()) for i i
 )
 def test_property_small_sets(a: set[Item], b: set[Item], params: dict[str, int]) -> None:
     check(sorted(a), sorted(b), **params)
+
+
+def test_a_cut_reply_never_reopens_ranges_settled_earlier() -> None:
+    """Regression: a reply cut by the frame limit closed with a fingerprint up to infinity,
+    reopening ranges the initiator had settled in an earlier round, so ids came back twice
+    (found by hypothesis: small frames, 2 buckets, many items sharing a timestamp)."""
+    rng = random.Random(5)
+    for _ in range(400):
+        universe = [(T0 + rng.randrange(6), rng.randbytes(32)) for _ in range(30)]
+        a = rng.sample(universe, rng.randrange(0, 12))
+        b = rng.sample(universe, rng.randrange(0, 25))
+        check(a, b, frame_limit=600, buckets=2, id_list_threshold=4)

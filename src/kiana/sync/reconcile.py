@@ -229,7 +229,7 @@ class Reconciler:
         w = Writer(self.frame_limit)
         rest = self._split(w, ZERO, INF, 0, len(self._items))
         if rest is not None:
-            w.close(rest[0], self._items.fingerprint(rest[1], len(self._items)))
+            w.close(rest[0], INF, self._items.fingerprint(rest[1], len(self._items)))
         return self._send(w.done())
 
     def respond(self, message: bytes) -> bytes:
@@ -271,7 +271,10 @@ class Reconciler:
                 mine_set = set(mine)
                 need += [i for i in dict.fromkeys(r.ids) if i not in mine_set]
             if rest is not None:
-                w.close(rest[0], items.fingerprint(rest[1], len(items)))
+                # Only up to where the peer's message ended: what lies beyond was
+                # settled in earlier rounds (reopening it reported those ids twice).
+                end = ranges[-1].upper
+                w.close(rest[0], end, items.fingerprint(rest[1], items.index(end.key)))
                 break
             lower, lo = r.upper, hi
         self.rounds += 1

@@ -89,7 +89,7 @@ KEY_SIZE = 8 + ID_SIZE
 ZERO_KEY = bytes(KEY_SIZE)
 MAX_BOUND = 10 + 1 + ID_SIZE  # ts varint, prefix length, prefix
 MAX_SKIP = MAX_BOUND + 1
-RESERVE = MAX_SKIP + 2 + 1 + FINGERPRINT_SIZE  # skip + closing fingerprint to infinity
+RESERVE = MAX_SKIP + MAX_BOUND + 1 + FINGERPRINT_SIZE  # skip + the closing fingerprint range
 MAX_FP_RANGE = MAX_BOUND + 1 + FINGERPRINT_SIZE
 
 
@@ -273,10 +273,14 @@ class Writer:
         self.buf += chunk
         return True
 
-    def close(self, lower: Bound, fingerprint: bytes) -> None:
-        """End the message with a Fingerprint over ``[lower, infinity)``; always fits."""
+    def close(self, lower: Bound, upper: Bound, fingerprint: bytes) -> None:
+        """End the message with a Fingerprint over ``[lower, upper)``; always fits.
+
+        ``upper`` is where the message being answered ended (infinity for the first
+        message): ranges past it were settled earlier and must not be opened again.
+        """
         self.limit += RESERVE
-        ok = self.emit(lower, [(INF, FINGERPRINT, fingerprint)])
+        ok = self.emit(lower, [(upper, FINGERPRINT, fingerprint)])
         self.limit -= RESERVE
         assert ok
 
