@@ -39,9 +39,10 @@ def test_members_spread_and_a_new_device_is_admitted_from_its_handshake(tmp_path
         # d joins while b is offline: b never heard of d, d presents its record.
         await stop_service(b)
         sd = await pair_into(a, tmp_path / "d", "d")
-        b = await start_service(sb, seed=3)
         d = await start_service(sd, seed=4)
+        b = await start_service(sb, seed=3)
         d_id = d.node.device_id
+        # Checked before b's dialer first runs: once b links to a, a tells b about d.
         assert not b.directory.is_active(d_id)
         await d.add_address(f"127.0.0.1:{b.port}")
         await until(lambda: linked(b, d), what="d-b via record in the handshake")

@@ -4,7 +4,10 @@
 what is due on whatever link reaches the peer, and ``_on_data`` turns received
 frames into messages for the channel handlers. The built-in channels are
 ``members`` (the membership list), ``ping`` and the ``NodeCore`` channels (blocks,
-shared state, ledger), which ``_sync_loop`` also ticks. WebRTC signals are sealed
+shared state, ledger), which ``_sync_loop`` also ticks. Messages on the ``NodeCore``
+channels are queued (``kiana.sync.core_queue``: each channel in order, block sync
+first) and ``_core_worker`` hands them to the store thread one at a time, so the
+link's reader never waits behind a long ledger catch-up. WebRTC signals are sealed
 end to end and forwarded by any peer linked to the target. Pins, ledger and sync
 summaries, the inbox and ``peer_status`` are what the CLI and the API read.
 """
@@ -25,7 +28,8 @@ from kiana.mesh.health import PeerState
 from kiana.mesh.messenger import MessageExpired, MessageReceived, MessageRejected
 from kiana.mesh.service_base import Handler, MeshBase, now_ms
 from kiana.mesh.signals import SIGNAL_FRAME, encode_signal, open_signal, peek_signal
-from kiana.sync.core import NodeCore
+from kiana.sync.core import CHANNELS, NodeCore
+from kiana.sync.core_queue import CoreQueue, Queued
 from kiana.sync.crdt import SqlOpStore
 from kiana.sync.engine import SyncEngine
 from kiana.sync.shared import PINS, set_pin
@@ -36,6 +40,7 @@ MEMBERS_CHANNEL = "members"
 SYNC_TTL_MS = 10 * 60_000  # sync messages are re-derived on reconnect; no need to keep them long
 SYNC_TICK_S = 0.25
 PING_CHANNEL = "ping"
+PEER_DOWN_WAIT_S = 30.0  # a gone peer's queued messages are handled before its peer_down
 
 
 class ChannelsMixin(MeshBase):
@@ -49,6 +54,10 @@ class ChannelsMixin(MeshBase):
     _pongs: dict[str, asyncio.Future[int]]
     _pump_wake: asyncio.Event
     _signals_seen: dict[str, int]
+    _core_queue: CoreQueue  # delivered NodeCore messages waiting for the store thread
+    _core_wake: asyncio.Event  # set when something is queued
+    _core_moved: asyncio.Event  # set when a queued message was handled
+    _core_task: asyncio.Task[Any] | None  # the worker (started in start())
 
     # -- messages ----------------------------------------------------------------------------------
 
@@ -136,6 +145,9 @@ class ChannelsMixin(MeshBase):
         await self.relay.on_signal(sender, body)
 
     async def _deliver(self, sender: str, channel: str, body: bytes, msg_id: str) -> None:
+        if channel in CHANNELS and self.core is not None:
+            await self._queue_core(sender, channel, body, msg_id)
+            return
         handler = self.handlers.get(channel)
         if handler is not None:
             try:
@@ -185,6 +197,65 @@ class ChannelsMixin(MeshBase):
     @property
     def sync(self) -> SyncEngine:
         return self._core.engine
+
+    async def _queue_core(self, sender: str, channel: str, body: bytes, msg_id: str) -> None:
+        """Hand a stored message to ``_core_worker`` (block sync goes first, ``core_queue``).
+
+        The link's reader goes on to the next frame at once, so a burst of ledger messages
+        no longer holds back the sync messages behind it; it waits only while more than
+        ``MAX_QUEUED_BYTES`` are queued (the messages are stored: nothing is lost)."""
+        self._core_queue.push(sender, channel, body, msg_id)
+        self._core_wake.set()
+        while self._core_queue.full and not self._closing:
+            self._core_moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._core_moved.wait(), 1.0)
+
+    async def _core_worker(self) -> None:
+        """Handle queued ``NodeCore`` messages one at a time, in ``CoreQueue`` order; each is
+        consumed (removed from the inbox) once handled, so a crash before that redelivers it."""
+        queue = self._core_queue
+        while True:
+            item = queue.pop()
+            if item is None:
+                self._core_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._core_wake.wait(), 1.0)
+                continue
+            try:
+                await self._handle_queued(item)
+            finally:
+                queue.done(item)
+                self._core_moved.set()
+
+    async def _handle_queued(self, item: Queued) -> None:
+        try:
+            await self._on_core(item.peer, item.channel, item.body)
+        except KianaError as exc:
+            log.warning("message on %s from %s refused: %s", item.channel, item.peer, exc.code)
+        except Exception:  # a bug: keep the worker (and every other message) going, loudly
+            log.exception("handling a %s message from %s failed", item.channel, item.peer)
+            return  # not consumed: handled again after a restart
+        await self._run(self.messenger.consume, item.msg_id)
+
+    async def _core_peer_down(self, device: str) -> None:
+        """Tell the core a peer is gone once the messages it sent before are handled (they
+        may still be queued; handled after ``peer_down`` they would leave stale state)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PEER_DOWN_WAIT_S
+        while self._core_queue.pending(device) and not self._closing:
+            if self._core_task is None or self._core_task.done():
+                break  # no worker (the service is being torn down): nothing will move
+            if loop.time() > deadline:
+                log.warning("messages from %s still queued %g s after its link went",
+                            device, PEER_DOWN_WAIT_S)  # fmt: skip
+                break
+            self._core_moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._core_moved.wait(), 1.0)
+        peer = self.peers.get(device)
+        if peer is None or peer.link is None:  # not linked again meanwhile
+            await self._run(self._core.peer_down, device)
 
     async def _on_core(self, sender: str, channel: str, body: bytes) -> None:
         await self._send_core(await self._run(self._core.handle, sender, channel, body, now_ms()))

@@ -48,6 +48,7 @@ from kiana.mesh.service_base import Handler, _Peer, now_ms
 from kiana.mesh.tcp import PURPOSE_PAIR, FramedStream, format_address, read_preamble
 from kiana.node import Node
 from kiana.sync.core import CHANNELS, NodeCore
+from kiana.sync.core_queue import CoreQueue
 
 __all__ = [
     "MEMBERS_CHANNEL",
@@ -115,6 +116,10 @@ class MeshService(DialerMixin, ChannelsMixin):
         self._dialing_manual: set[str] = set()
         self._pump_wake = asyncio.Event()
         self._signals_seen: dict[str, int] = {}
+        self._core_queue = CoreQueue()
+        self._core_wake = asyncio.Event()
+        self._core_moved = asyncio.Event()
+        self._core_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -141,6 +146,7 @@ class MeshService(DialerMixin, ChannelsMixin):
         self.relay = _make_rtc(self)
         self._spawn(self._pump())
         self._spawn(self._sync_loop())
+        self._core_task = self._spawn(self._core_worker())
         self._spawn(self._redeliver())
         self._spawn(self._dialer())
         log.info("mesh listening on port %d", self.port)
@@ -182,6 +188,9 @@ class MeshService(DialerMixin, ChannelsMixin):
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self.core is not None:  # its verify thread, after the store jobs still queued
+            with contextlib.suppress(RuntimeError):  # stopped before: the pool is shut
+                self._db.submit(self.core.close)
         self._db.shutdown(wait=True)
         self._embed.shutdown(wait=True)
 
@@ -328,7 +337,7 @@ class MeshService(DialerMixin, ChannelsMixin):
         peer.next_dial = now_ms() + peer.backoff.next_delay()
         await self._run(self.node.store.touch_device, state.peer, now_ms())
         await self._run(self.messenger.peer_down, state.peer)
-        await self._run(self._core.peer_down, state.peer)
+        await self._core_peer_down(state.peer)
         self._wake.set()
         self.node.changes.publish(Topic.PEERS)
 

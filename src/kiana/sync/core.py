@@ -154,6 +154,10 @@ class NodeCore:
         out += _on(LEDGER_CHANNEL, self.ledger_gossip.tick(now))
         return out
 
+    def close(self) -> None:
+        """Stop the threads the parts started (the sync engine's verify worker); store thread."""
+        self.engine.close()
+
     def counts(self) -> dict[str, int]:
         return {
             "sync_rejected": sum(p.rejected for p in self.engine.peers.values()),

@@ -136,11 +136,12 @@ class SyncEngine(Intake):
             self._shared.discard(created, key)
 
     def close(self) -> None:
-        """Stop the verify threads (if any were started); the engine still works, inline."""
+        """Stop the verify threads (if any were started) and wait for them to end; the engine
+        still works, inline. Call it on the thread that runs the engine, between messages."""
         pool, self.verify_pool = self.verify_pool, None
         self.verify_threads = 0
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _pool(self) -> Executor | None:
         if self.verify_pool is None and self.verify_threads > 0:

@@ -241,6 +241,8 @@ class Simulation(SimWorld):
 
     def close(self) -> None:
         for dev in self.devices:
+            if dev.core is not None:
+                dev.core.close()  # its verify thread
             if dev.store is not None:
                 dev.store.close()
                 dev.store, dev.messenger, dev.core = None, None, None

@@ -134,7 +134,8 @@ class SimWorld:
         for a, b in sorted(self.links):
             if dev.id in (a, b):
                 self._link_down(a, b)
-        assert dev.store is not None
+        assert dev.store is not None and dev.core is not None
+        dev.core.close()  # its verify thread
         dev.store.close()
         dev.store, dev.messenger, dev.core = None, None, None
         dev.restarts += 1
