@@ -4,16 +4,23 @@ Usage::
 
     .venv/bin/python benchmarks/bench_sync.py [--blocks 20000] [--trials 50] [--quick]
                                               [--no-profile] [--out benchmarks/results/sync.json]
+                                              [--mode both|two-process|in-process]
+                                              [--bulk-repeats 1]
 
 Devices of one mind and one person (``tests.mind_helpers.make_mind``: paired in process,
-no sockets) each get their own SQLite home (WAL) and run as ``MeshService``s in one
-asyncio loop, linked over 127.0.0.1 with the durable messenger, mDNS off, every record
-verified on arrival (id, Ed25519 signature, author a member). Sections:
+no sockets) each get their own SQLite home (WAL) and run as ``MeshService``s, linked over
+127.0.0.1 with the durable messenger, mDNS off, every record verified on arrival (id,
+Ed25519 signature, author a member). Sections:
 
 1. **Bulk sync into an empty device.** A holds N signed blocks (synthetic notes from
    ``bench_store``'s corpus, stored with ``put_many(verified=True)``); B is empty. Both
    start, A dials B, and the clock runs until B has stored all N (the engine's
-   ``on_stored`` callback, then a ``COUNT(*)``). Baselines in the same run, on the same
+   ``on_stored`` callback, then a ``COUNT(*)``). B runs and is measured in this process;
+   A runs in a process of its own (``sync_source.py``, over a pipe: "two-process", as two
+   devices are) or in this one ("in-process": both devices share one GIL, the old setup).
+   ``--mode both`` (the default) runs each case in both modes, a fresh A and a fresh copy
+   of the empty device each time, ``--bulk-repeats`` times, and reports the medians and
+   the ratio two-process / in-process. Baselines in the same run, on the same
    blocks: raw PyNaCl ``VerifyKey.verify`` (before and after) and the store path with no
    network (JSON line → ``parse_block`` → ``put_many(verified=False)`` into an empty
    device of the same mind, before and after). Bytes on the link per block, CPU per
@@ -28,6 +35,8 @@ verified on arrival (id, Ed25519 signature, author a member). Sections:
 4. **Propagation.** A and B linked and in sync; a fact is written on A by a *separate*
    ``Node`` on A's home (as ``kiana remember`` in another process would) and the clock
    runs until B has stored it; 50 trials at random phases of the 250 ms sync tick.
+
+Sections 2-4 run both devices in this process.
 
 The machine is small and shared, so each rate has a baseline measured in the same run
 and the ratio is what to compare between runs (see ``benchmarks/README.md``).
@@ -115,7 +124,9 @@ def log(msg: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool], timeout_s: float, what: str):
+async def wait_for(
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float, what: str, every: float = 0.002
+):
     deadline = time.perf_counter() + timeout_s
     while True:
         ok = check()
@@ -125,7 +136,7 @@ async def wait_for(check: Callable[[], Awaitable[bool] | bool], timeout_s: float
             return
         if time.perf_counter() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(every)
 
 
 def line_of(block: Block) -> bytes:
@@ -345,6 +356,118 @@ def device_id_of(settings: Settings) -> str:
         return node.device_id
 
 
+# -- the source device: in this process, or in a process of its own ---------------------------
+
+
+class LocalSource:
+    """Device A as a ``MeshService`` in this process (the old setup: both devices share one
+    interpreter, one event loop and one GIL)."""
+
+    mode = "in-process"
+
+    def __init__(self, svc: MeshService) -> None:
+        self.svc = svc
+        self.device = svc.node.device_id
+        self._watch: Watch | None = None
+        self._jobs: JobClock | None = None
+        self._frames: FrameCount | None = None
+
+    async def watch(self) -> None:
+        self._watch, self._jobs = Watch(self.svc), JobClock(self.svc)
+        self._frames = FrameCount(self.svc)
+
+    async def connect(self, port: int, expect: str) -> None:
+        await self.svc.connect("127.0.0.1", port, expect=expect)
+
+    async def report(self, wall: float) -> dict[str, Any]:
+        assert self._watch and self._jobs and self._frames
+        self._jobs.active = False
+        return {
+            "sent": dict(self._watch.sent),
+            "sent_bytes": dict(self._watch.sent_bytes),
+            "frames": self._frames.summary(),
+            "jobs": self._jobs.table(wall),
+        }
+
+    async def in_sync(self, device: str) -> bool:
+        return in_sync(self.svc, device)
+
+    async def outbox(self, device: str) -> int:
+        return await outbox_count(self.svc, device)
+
+    async def stop(self) -> None:
+        await stop_service(self.svc)
+
+
+class RemoteSource:
+    """Device A in a child process (``sync_source.py``), as two devices are: the receiver
+    measured here has this interpreter to itself. Commands go over the child's stdin."""
+
+    mode = "two-process"
+
+    def __init__(self, proc: asyncio.subprocess.Process, device: str, port: int) -> None:
+        self.proc = proc
+        self.device = device
+        self.port = port
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def spawn(cls, home: Path, seed: int) -> RemoteSource:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "sync_source.py"), "--home", str(home), "--seed",
+            str(seed), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            ready = json.loads(line or b"{}")
+        except (TimeoutError, ValueError):
+            ready = {}
+        if not ready.get("ready"):
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"the source process did not start: {ready}")
+        return cls(proc, str(ready["device"]), int(ready["port"]))
+
+    async def call(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self._lock:
+            self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            await self.proc.stdin.drain()
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        out: dict[str, Any] = json.loads(line or b"{}")
+        if not out.get("ok"):
+            raise RuntimeError(f"source process, {op}: {out.get('error', 'no answer')}")
+        return out
+
+    async def watch(self) -> None:
+        await self.call("watch")
+
+    async def connect(self, port: int, expect: str) -> None:
+        await self.call("connect", port=port, expect=expect)
+
+    async def report(self, wall: float) -> dict[str, Any]:
+        return await self.call("report", wall=wall)
+
+    async def in_sync(self, device: str) -> bool:
+        return bool((await self.call("in_sync", device=device))["value"])
+
+    async def outbox(self, device: str) -> int:
+        return int((await self.call("outbox", device=device))["value"])
+
+    async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, ConnectionError, TimeoutError):
+            await self.call("stop")
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+Source = LocalSource | RemoteSource
+
+
 # -- 0. corpus and baselines ------------------------------------------------------------------
 
 
@@ -412,17 +535,18 @@ def store_path(settings: Settings, lines: list[bytes]) -> dict[str, float]:
 
 
 async def bulk_sync(
-    a: MeshService, b: MeshService, n: int, start: float, label: str = "B"
+    a: Source, b: MeshService, n: int, start: float, label: str = "B"
 ) -> dict[str, Any]:
-    """``b`` is empty; A dials it; seconds until ``b`` has stored all ``n`` blocks."""
-    adev, bdev = a.node.device_id, b.node.device_id
-    wa, wb = Watch(a), Watch(b)
-    ja, jb = JobClock(a), JobClock(b)
-    fa, fb = FrameCount(a), FrameCount(b)
+    """``b`` is empty; A dials it; seconds until ``b`` has stored all ``n`` blocks. A runs in
+    this process or in its own (``a.mode``); ``b`` is measured here either way."""
+    adev, bdev = a.device, b.node.device_id
+    wb, jb, fb = Watch(b), JobClock(b), FrameCount(b)
+    await a.watch()
     timeline: list[dict[str, float]] = []
-    cpu0 = thread_cpu({"A": a, label: b})
+    here = {"A": a.svc, label: b} if isinstance(a, LocalSource) else {label: b}
+    cpu0 = thread_cpu(here)
     t0 = time.perf_counter()
-    await a.connect("127.0.0.1", b.port, expect=bdev)
+    await a.connect(b.port, bdev)
     t_link = time.perf_counter()
     next_sample = t0
     while wb.stored < n:
@@ -435,23 +559,37 @@ async def bulk_sync(
         await asyncio.sleep(0.005)
     t_end = wb.last_stored
     wall = t_end - t0
-    cpu = cpu_share(cpu0, thread_cpu({"A": a, label: b}), wall)
-    ja.active = jb.active = False
-    frames_b, frames_a = fb.summary(), fa.summary()
-    link_a = link_of(a, bdev)
-    wire_out, wire_in = link_a.bytes_out, link_a.bytes_in
+    cpu = cpu_share(cpu0, thread_cpu(here), wall)
+    jb.active = False
+    rep = await a.report(wall)
+    if "cpu" in rep:  # two processes: each one's threads
+        cpu = {f"{label} process: {k}": v for k, v in cpu.items()} | {
+            f"A process: {k}": v for k, v in rep["cpu"].items()
+        }
+    frames_b, frames_a = fb.summary(), rep["frames"]
+    link_b = link_of(b, adev)
+    wire_out, wire_in = link_b.bytes_in, link_b.bytes_out  # A → B, B → A
     timeline.append({"t": round(t_end - t0, 2), "stored": wb.stored})
-    await wait_for(lambda: in_sync(a, bdev) and in_sync(b, adev), 120, "both sides in sync")
+
+    async def both_in_sync() -> bool:
+        return in_sync(b, adev) and await a.in_sync(bdev)
+
+    await wait_for(both_in_sync, 120, "both sides in sync", every=0.02)
     t_in_sync = time.perf_counter() - t0
-    await wait_for(lambda: _outboxes_empty(a, b), 120, "outboxes to drain")  # all acknowledged
+
+    async def drained() -> bool:  # everything A and B sent each other is acknowledged
+        return not await outbox_count(b, adev) and not await a.outbox(bdev)
+
+    await wait_for(drained, 120, "outboxes to drain", every=0.02)
     t_acked = time.perf_counter() - t0
     stored = await block_count(b)
-    sa, sb = peer_state(a, bdev), peer_state(b, adev)
+    sb = peer_state(b, adev)
     if stored != n or sb.rejected:
         raise RuntimeError(f"bulk sync: {label} holds {stored} of {n}, {sb.rejected} rejected")
     initiator = "A" if adev < bdev else label
     out = {
         "blocks": n,
+        "mode": a.mode,
         "initiator": initiator,
         "link_seconds": t_link - t0,
         "seconds": wall,
@@ -466,16 +604,16 @@ async def bulk_sync(
         "wire_bytes_b_to_a_at_done": wire_in,
         "wire_bytes_per_block": (wire_out + wire_in) / n,
         "wire_bytes_a_to_b_per_block": wire_out / n,
-        "sync_body_bytes_a_to_b": sa.bytes_out,
+        "sync_body_bytes_a_to_b": sb.bytes_in,
         "sync_body_bytes_b_to_a": sb.bytes_out,
-        "sync_body_bytes_per_block": (sa.bytes_out + sb.bytes_out) / n,
-        "sync_messages_by_a": dict(wa.sent),
-        "sync_message_bytes_by_a": dict(wa.sent_bytes),
+        "sync_body_bytes_per_block": (sb.bytes_in + sb.bytes_out) / n,
+        "sync_messages_by_a": rep["sent"],
+        "sync_message_bytes_by_a": rep["sent_bytes"],
         "sync_messages_by_b": dict(wb.sent),
         "sync_message_bytes_by_b": dict(wb.sent_bytes),
         "thread_cpu": cpu,
         "receiver": label,
-        "store_jobs": {"A": ja.table(wall), "B": jb.table(wall)},
+        "store_jobs": {"A": rep["jobs"], "B": jb.table(wall)},
         "frames_received": {"B": frames_b, "A": frames_a},
         # Frames A's pump handed to the link again (same envelope): the retry timer (full
         # jitter: 1 ms to 10 s after the first try) fired before the ack came back.
@@ -483,13 +621,53 @@ async def bulk_sync(
         "timeline": timeline,
     }
     log(
-        f"  {label}: {n:,} blocks in {wall:.1f} s ({n / wall:,.0f}/s); first stored after "
+        f"  {label} ({a.mode}): {n:,} blocks in {wall:.1f} s ({n / wall:,.0f}/s); first stored after "
         f"{out['first_block_stored_s']:.2f} s; {out['wire_bytes_per_block']:.0f} B/block on "
         f"the link; both in sync after {t_in_sync:.1f} s; {label}'s store thread busy "
         f"{jb.table(wall)['busy_share']:.0%}; {out['copies_sent_again']} message "
         f"copies sent again by A",
         start,
     )
+    return out
+
+
+async def _bulk_once(
+    settings_a: Settings, settings_b: Settings, mode: str, seed: int, n: int, start: float
+) -> dict[str, Any]:
+    """One bulk run with a freshly started A (``mode``: in this process or its own) and B."""
+    a: Source
+    if mode == "two-process":
+        a = await RemoteSource.spawn(settings_a.home, seed)
+    else:
+        a = LocalSource(await open_service(settings_a, seed=seed))
+    b: MeshService | None = None
+    try:
+        b = await open_service(settings_b, seed=seed + 1)
+        return await bulk_sync(a, b, n, start)
+    finally:
+        await a.stop()  # first: B's end of the link then closes as a peer's would
+        if b is not None:
+            await stop_service(b)
+
+
+def mode_summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per case: blocks/s of every run in each mode, medians, two-process / in-process."""
+    out: dict[str, dict[str, Any]] = {}
+    for case in dict.fromkeys(r["case"] for r in runs):
+        row: dict[str, Any] = {}
+        for mode in ("in-process", "two-process"):
+            rates = [
+                round(r["blocks_per_s"]) for r in runs if r["case"] == case and r["mode"] == mode
+            ]
+            firsts = [round(r["first_block_stored_s"], 2) for r in runs
+                      if r["case"] == case and r["mode"] == mode]  # fmt: skip
+            if rates:
+                row[mode] = rates
+                row[f"{mode} median"] = round(statistics.median(rates))
+                row[f"{mode} first block stored s"] = firsts
+        if "in-process median" in row and "two-process median" in row:
+            row["ratio two/in"] = round(row["two-process median"] / row["in-process median"], 2)
+        out[case] = row
     return out
 
 
@@ -592,7 +770,7 @@ async def profiled_bulk(
         await e._run(_enable, profs["E store thread"])
         loop_prof.enable()
         # A now also holds the propagation trials' facts: E must get everything.
-        res = await bulk_sync(a, e, await block_count(a), start, label="E")
+        res = await bulk_sync(LocalSource(a), e, await block_count(a), start, label="E")
         loop_prof.disable()
         await a._run(_disable, profs["A store thread"])
         await e._run(_disable, profs["E store thread"])
@@ -865,6 +1043,15 @@ def build_rows(res: dict[str, Any]) -> list[dict[str, str]]:
         per_block = (handled or {}).get("seconds", 0.0) / n
         add("  sync message handling on B's store thread, per block", f"{per_block * 1e6:.0f} µs",
             "parse + put_many(verified=False)", f"{1e6 / s:.0f} µs", f"{per_block * s:.2f}×")  # fmt: skip
+    for case, m in (res.get("bulk_modes") or {}).items():
+        for mode in ("two-process", "in-process"):
+            if mode in m:
+                med = m[f"{mode} median"]
+                ok = "met" if med >= TARGET_BULK_PER_S else "MISSED"
+                add(f"bulk {case}, A {mode}: median blocks/s ({len(m[mode])} runs)", f"{med:,}",
+                    "", "", "", f"≥ {TARGET_BULK_PER_S:,} ({ok}); runs {m[mode]}")  # fmt: skip
+        if "ratio two/in" in m:
+            add(f"  {case}: two processes / one process", f"{m['ratio two/in']:.2f}×")
     if base:
         add("  store path alone: parse / put_many+verify share",
             f"{base['store_parse_share']:.0%} / {1 - base['store_parse_share']:.0%}")  # fmt: skip
@@ -976,17 +1163,42 @@ async def run(args: argparse.Namespace, sizes: dict[str, int]) -> dict[str, Any]
         v1 = raw_verify(blocks, corpus["verify_key"])
         s1 = await asyncio.to_thread(store_path, homes["c"], lines)
 
-        a = await open_service(homes["a"], seed=1)
-        b: MeshService | None = None
-        try:
-            result["bulk_runs"] = {}
+        # Each bulk run gets a fresh copy of a still empty device (same id, so the same
+        # side of A's; another messenger seed) and a freshly started A, in this process or
+        # in its own; the modes alternate which goes first from case to case.
+        for _how, name in runs:
+            await asyncio.to_thread(shutil.copytree, workdir / name, workdir / f"{name}-empty")
+        modes = ["two-process", "in-process"] if args.mode == "both" else [args.mode]
+        result["bulk_runs"] = {}
+        result["bulk_all"] = []
+        seed = 10
+        last = ""
+        for rnd in range(args.bulk_repeats):
             for i, (how, name) in enumerate(runs):
-                if b is not None:  # the previous empty device has served its purpose
-                    await stop_service(b)
-                b = await open_service(homes[name], seed=2 + i)
-                log(f"bulk sync: {n:,} blocks A → empty device ({how})", start)
-                result["bulk_runs"][how] = await bulk_sync(a, b, n, start)
+                order = modes if (rnd + i) % 2 == 0 else modes[::-1]
+                for mode in order:
+                    seed += 2
+                    home = workdir / f"{name}-{mode}-{rnd}"
+                    await asyncio.to_thread(shutil.copytree, workdir / f"{name}-empty", home)
+                    homes[home.name] = quiet_settings(home, **ENV)
+                    log(f"bulk sync: {n:,} blocks A → empty device ({how}; A {mode})", start)
+                    res = await _bulk_once(homes["a"], homes[home.name], mode, seed, n, start)
+                    res["case"] = how
+                    res["round"] = rnd
+                    result["bulk_all"].append(res)
+                    result["bulk_runs"].setdefault(f"{how}, {mode}", res)
+                    last = home.name
+        result["bulk_modes"] = mode_summary(result["bulk_all"])
+        for how, m in result["bulk_modes"].items():
+            log(f"  {how}: " + ", ".join(f"{k} {v}" for k, v in m.items()), start)
+        # The other sections run in one process, as before, with the last receiver.
+        a = await open_service(homes["a"], seed=1)
+        b: MeshService | None = await open_service(homes[last], seed=seed + 1)
+        try:
             assert b is not None
+            await a.connect("127.0.0.1", b.port, expect=b.node.device_id)
+            adev, bdev = a.node.device_id, b.node.device_id
+            await wait_for(lambda: in_sync(a, bdev) and in_sync(b, adev), 120, "A and B in sync")
             log("baselines after", start)
             v2 = raw_verify(blocks, corpus["verify_key"])
             s2 = await asyncio.to_thread(store_path, homes["d"], lines)
@@ -1043,6 +1255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/sync.json)")
     ap.add_argument("--workdir", help="where the homes live (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument(
+        "--mode",
+        choices=("both", "two-process", "in-process"),
+        default="both",
+        help="the source device A in its own process (as devices are), in this one (the old "
+        "setup: one GIL for both), or both in turn for each bulk case (default)",
+    )
+    ap.add_argument("--bulk-repeats", type=int, default=1, help="bulk runs per case and mode (1)")
     args = ap.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     for key, opt in (("blocks", args.blocks), ("trials", args.trials), ("resyncs", args.resyncs)):
