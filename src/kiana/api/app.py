@@ -29,6 +29,7 @@ from kiana.api.auth import BearerAuthMiddleware
 from kiana.api.deps import ChatRuntime, Runtime
 from kiana.api.errors import OPENAI_PREFIX, install_error_handlers
 from kiana.api.limits import BodyLimitMiddleware
+from kiana.api.sessions import Sessions
 from kiana.config import Settings
 from kiana.home import read_token
 from kiana.mesh.service import MeshService
@@ -77,9 +78,17 @@ class KianaAPI(FastAPI):
 
 
 def create_app(
-    settings: Settings, *, node: Node | None = None, max_import_bytes: int = DEFAULT_MAX_IMPORT
+    settings: Settings,
+    *,
+    node: Node | None = None,
+    max_import_bytes: int = DEFAULT_MAX_IMPORT,
+    sessions: Sessions | None = None,
 ) -> FastAPI:
-    """Build the app. A ``node`` passed in is used as is and left open on shutdown."""
+    """Build the app. A ``node`` passed in is used as is and left open on shutdown.
+
+    ``sessions``: the dashboard's login sessions and one-time links, when the caller
+    needs them too (``kiana serve`` makes its first login link there, in process).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,7 +112,13 @@ def create_app(
                 await asyncio.to_thread(off.close)
                 raise
         app.state.runtime = Runtime(
-            settings=settings, node=current, off=off, token=token, chat=chat, mesh=mesh
+            settings=settings,
+            node=current,
+            off=off,
+            token=token,
+            chat=chat,
+            mesh=mesh,
+            sessions=sessions if sessions is not None else Sessions(),
         )
         try:
             yield

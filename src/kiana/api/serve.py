@@ -10,12 +10,16 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from kiana.api.app import create_app
+from kiana.api.sessions import Sessions
 from kiana.config import Settings
 from kiana.errors import ConfigError
 from kiana.home import read_token
@@ -76,13 +80,37 @@ def make_server(settings: Settings, app: ASGIApp) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def serve(settings: Settings) -> None:
-    """Open the node and serve until interrupted. Errors surface before binding."""
+def serve(settings: Settings, *, on_started: Callable[[str, float], None] | None = None) -> None:
+    """Open the node and serve until interrupted. Errors surface before binding.
+
+    ``on_started(path, ttl_s)`` is called once the server answers, from a thread, with a
+    fresh one-time login link (``/login#once=...``) made in this process: printing a
+    link needs no connection to the server, not even over loopback.
+    """
     check_bind(settings.api_host, settings.api_require_token)
     if settings.api_require_token:
         read_token(settings)
     node = Node.open(settings)
+    sessions = Sessions()
     try:
-        make_server(settings, create_app(settings, node=node)).run()
+        server = make_server(settings, create_app(settings, node=node, sessions=sessions))
+        if on_started is not None:
+            threading.Thread(
+                target=_when_started,
+                args=(server, sessions, on_started),
+                name="kiana-serve-link",
+                daemon=True,
+            ).start()
+        server.run()
     finally:
         node.close()
+
+
+def _when_started(
+    server: uvicorn.Server, sessions: Sessions, on_started: Callable[[str, float], None]
+) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    on_started(f"/login#once={sessions.new_link()}", sessions.link_ttl_s)

@@ -23,6 +23,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Sessions:
     link_ttl_s: float = LINK_TTL_S
     links: dict[str, float] = field(default_factory=dict)  # sha256(nonce) -> expires (monotonic)
     spent: dict[str, tuple[LinkCheck, float]] = field(default_factory=dict)  # -> (why, forget at)
+    # Links are made from the event loop and by ``kiana serve``'s start-up thread.
+    _link_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create(self) -> tuple[str, Session]:
         self._expire()
@@ -97,25 +100,27 @@ class Sessions:
     def new_link(self, now: float | None = None) -> str:
         """A fresh one-time login nonce, valid for ``link_ttl_s`` seconds."""
         now = time.monotonic() if now is None else now
-        self._expire_links(now)
-        while len(self.links) >= MAX_LINKS:
-            oldest = min(self.links, key=self.links.__getitem__)
-            del self.links[oldest]
-            self.spent[oldest] = (LinkCheck.EXPIRED, now + SPENT_MEMORY_S)
-        nonce = secrets.token_urlsafe(LINK_NONCE_BYTES)
-        self.links[_digest(nonce)] = now + self.link_ttl_s
-        return nonce
+        with self._link_lock:
+            self._expire_links(now)
+            while len(self.links) >= MAX_LINKS:
+                oldest = min(self.links, key=self.links.__getitem__)
+                del self.links[oldest]
+                self.spent[oldest] = (LinkCheck.EXPIRED, now + SPENT_MEMORY_S)
+            nonce = secrets.token_urlsafe(LINK_NONCE_BYTES)
+            self.links[_digest(nonce)] = now + self.link_ttl_s
+            return nonce
 
     def use_link(self, nonce: str, now: float | None = None) -> LinkCheck:
         """Spend a nonce: OK once, then USED; EXPIRED after its time; UNKNOWN if never made."""
         now = time.monotonic() if now is None else now
-        self._expire_links(now)
-        key = _digest(nonce)
-        if self.links.pop(key, None) is not None:
-            self.spent[key] = (LinkCheck.USED, now + SPENT_MEMORY_S)
-            return LinkCheck.OK
-        why, _ = self.spent.get(key, (LinkCheck.UNKNOWN, 0.0))
-        return why
+        with self._link_lock:
+            self._expire_links(now)
+            key = _digest(nonce)
+            if self.links.pop(key, None) is not None:
+                self.spent[key] = (LinkCheck.USED, now + SPENT_MEMORY_S)
+                return LinkCheck.OK
+            why, _ = self.spent.get(key, (LinkCheck.UNKNOWN, 0.0))
+            return why
 
     def _expire_links(self, now: float) -> None:
         for key in [k for k, expires in self.links.items() if expires <= now]:

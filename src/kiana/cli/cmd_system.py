@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import webbrowser
 
 import click
 from rich.table import Table
 
 from kiana.cli.context import CliState, err, fmt_time, json_option, out, pass_state, print_json
-from kiana.cli.remote import Remote, RemoteError, running_node
-from kiana.config import SETTINGS, Settings, redact_url
+from kiana.cli.remote import RemoteError, running_node
+from kiana.config import SETTINGS, redact_url
 from kiana.home import HomeLayout, load_identity, read_token
 from kiana.node import Node
 
@@ -130,31 +128,15 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     base = f"http://{settings.api_host}:{settings.api_port}"
     click.echo(f"KI_ana API on {base}  (docs: /docs)", err=True)
     click.echo(f"Dashboard: {base}/", err=True)
-    threading.Thread(target=_print_login_link, args=(settings,), daemon=True).start()
-    run_server(settings)
 
+    def print_link(path: str, ttl_s: float) -> None:
+        click.echo(
+            f"Log in: {base}{path}\n"
+            f"  (one-time link, valid for {ttl_s:g} s; kiana open makes a new one)",
+            err=True,
+        )
 
-SERVE_START_S = 60.0
-
-
-def _print_login_link(settings: Settings) -> None:
-    """Once the server answers, ask it for a one-time login link and print it (a thread)."""
-    deadline = time.monotonic() + SERVE_START_S
-    remote: Remote | None = None
-    while remote is None:
-        if time.monotonic() > deadline:
-            return  # it never came up: the server reports why
-        time.sleep(0.2)
-        remote = running_node(settings)
-    try:
-        link = remote.call("POST", "/api/v1/auth/link")
-    except RemoteError:
-        return
-    click.echo(
-        f"Log in: {remote.base}{link['path']}\n"
-        f"  (one-time link, valid for {link['expires_in_s']:g} s; kiana open makes a new one)",
-        err=True,
-    )
+    run_server(settings, on_started=print_link)
 
 
 @click.command("open")
