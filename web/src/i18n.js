@@ -48,8 +48,11 @@ export function setLanguage(code) {
 }
 
 export function translate(language, key, params) {
-  const text = messages[language]?.[key] ?? messages.en[key] ?? key
+  let text = messages[language]?.[key] ?? messages.en[key] ?? key
   if (!params) return text
+  // "one | many": the first form when params.n is 1 ("1 record", "2 records")
+  const forms = text.split(' | ')
+  if (forms.length === 2 && params.n !== undefined) text = Number(params.n) === 1 ? forms[0] : forms[1]
   return text.replace(/\{(\w+)\}/g, (m, name) => (params[name] ?? m).toString())
 }
 

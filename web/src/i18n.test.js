@@ -22,6 +22,14 @@ describe('i18n', () => {
     expect(translate('en', 'sync.behind')).toBe('behind by {n}')
   })
 
+  it('picks the singular or plural form by {n}', () => {
+    expect(translate('en', 'sync.recordCount', { n: 1 })).toBe('1 record')
+    expect(translate('en', 'sync.recordCount', { n: 2 })).toBe('2 records')
+    expect(translate('en', 'sync.recordCount', { n: 0 })).toBe('0 records')
+    expect(translate('de', 'sync.recordCount', { n: 1 })).toBe('1 Eintrag')
+    expect(translate('de', 'sync.recordCount', { n: 5 })).toBe('5 Einträge')
+  })
+
   it('switches, saves the choice and sets <html lang>', () => {
     setLanguage('de')
     expect(lang.value).toBe('de')

@@ -180,7 +180,7 @@ export default {
   'sync.verify': 'Kette prüfen',
   'sync.verifyOk': 'Kette OK: {height} versiegelte Blöcke ab dem Genesis-Block geprüft.',
   'sync.verifyBad': 'Kette gebrochen bei Block {bad}: {reason} (Blöcke bis {height} sind gültig).',
-  'sync.recordCount': '{n} Einträge',
+  'sync.recordCount': '{n} Eintrag | {n} Einträge',
   'sync.signer': 'Versiegelt von',
   'sync.parent': 'Vorgänger',
   'sync.difficulty': 'Schwierigkeit',

@@ -180,7 +180,7 @@ export default {
   'sync.verify': 'Verify chain',
   'sync.verifyOk': 'Chain OK: {height} sealed blocks verified from the genesis.',
   'sync.verifyBad': 'Chain broken at block {bad}: {reason} (blocks up to {height} are good).',
-  'sync.recordCount': '{n} records',
+  'sync.recordCount': '{n} record | {n} records',
   'sync.signer': 'Sealed by',
   'sync.parent': 'Parent',
   'sync.difficulty': 'Difficulty',
