@@ -30,7 +30,14 @@ from tests.mesh_helpers import (
     until_async,
 )
 
-from kiana.errors import ConfigError, FrameError, HandshakeError, MeshError, RelayError
+from kiana.errors import (
+    ConfigError,
+    FrameError,
+    HandshakeError,
+    MeshError,
+    PeerUnreachableError,
+    RelayError,
+)
 from kiana.mesh.rtc import DataChannelCarrier, RtcManager, ice_configuration
 from kiana.mesh.service import MeshService, _link_rank
 
@@ -385,5 +392,47 @@ def test_release_sockets_closes_every_ice_socket_of_a_connection() -> None:
         assert release_sockets(pc) == 0  # idempotent
         await close_pc(pc)  # aiortc's own close still ends normally afterwards
         assert pc.connectionState == "closed"
+
+    asyncio.run(scenario())
+
+
+def _ice_sockets(pc: Any) -> list[Any]:
+    return [
+        p.transport
+        for t in pc._RTCPeerConnection__iceTransports
+        for p in t.iceGatherer._connection._protocols
+    ]
+
+
+def test_a_cancelled_answer_leaks_no_socket_and_a_closed_manager_makes_no_connection(
+    tmp_path: Path,
+) -> None:
+    """stop() cancels tasks half-way: an answer cut off keeps no UDP socket open (CI saw
+    leaked sockets reported in a later test), and nothing new starts after close()."""
+    from aiortc import RTCPeerConnection
+
+    async def scenario() -> None:
+        async with trio(tmp_path, seed=31) as (a, b, _):
+            assert b.relay is not None
+            offerer = RTCPeerConnection()
+            offerer.createDataChannel("x")
+            await offerer.setLocalDescription(await offerer.createOffer())
+            before = set(b.relay._pcs)
+            task = asyncio.ensure_future(
+                b.relay._answer(a.node.device_id, "s" * 24, offerer.localDescription.sdp)
+            )
+            await until(lambda: len(b.relay._pcs - before) == 1, 10, "the answering connection")
+            (pc,) = b.relay._pcs - before
+            await until(lambda: bool(_ice_sockets(pc)), 10, "its ICE sockets")
+            await asyncio.sleep(0.2)
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+            assert task.cancelled()
+            assert all(sock.is_closing() for sock in _ice_sockets(pc))
+            assert pc not in b.relay._pcs
+            await offerer.close()
+            await b.relay.close()
+            with pytest.raises(PeerUnreachableError, match="shutting down"):
+                await b.relay.connect(a.node.device_id)
 
     asyncio.run(scenario())

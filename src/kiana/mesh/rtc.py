@@ -187,10 +187,13 @@ class RtcManager:
         self.turn = turn_server(self.settings)
         self._pcs: set[Any] = set()
         self._pending: dict[str, tuple[str, asyncio.Future[str]]] = {}
+        self._closing = False  # set by close(): no new connection after that
 
     # -- both sides ---------------------------------------------------------------------
 
     def _new_pc(self) -> Any:
+        if self._closing:
+            raise PeerUnreachableError("WebRTC links are shutting down")
         pc = RTCPeerConnection(configuration=self.configuration)
         self._pcs.add(pc)
 
@@ -297,6 +300,10 @@ class RtcManager:
             raise PeerUnreachableError(
                 f"no WebRTC link to device {device} within {CONNECT_TIMEOUT_S:g} s"
             ) from exc
+        except asyncio.CancelledError:
+            if pc is not None:  # before any await: a second cancel must not leak its sockets
+                release_sockets(pc)
+            raise
         except ValueError as exc:  # aiortc: an SDP it cannot use
             raise PeerUnreachableError(f"WebRTC negotiation with {device} failed: {exc}") from exc
         finally:
@@ -315,6 +322,8 @@ class RtcManager:
             log.warning("unreadable WebRTC signal from %s", sender)
             return
         if kind == "offer":
+            if self._closing:
+                return
             peer = self.service.peers.get(sender)
             if peer is not None and peer.link is not None and not peer.remote.startswith("webrtc"):
                 # a TCP link is better than any WebRTC path: do not build a second link
@@ -350,6 +359,10 @@ class RtcManager:
             await self._check_gathered(pc)
             self._signal(sender, {"type": "answer", "id": session, "sdp": pc.localDescription.sdp})
             carrier = await asyncio.wait_for(arrived, CONNECT_TIMEOUT_S)
+        except asyncio.CancelledError:
+            release_sockets(pc)  # stop() cancelled us half-way: no socket may outlive it
+            self._pcs.discard(pc)
+            raise
         except (MeshError, TimeoutError, ValueError) as exc:
             await self._discard(pc)
             error = exc if isinstance(exc, MeshError) else PeerUnreachableError(f"WebRTC: {exc!r}")
@@ -369,6 +382,7 @@ class RtcManager:
             peer.last_error = error.message
 
     async def close(self) -> None:
+        self._closing = True
         for pending in self._pending.values():
             if not pending[1].done():
                 pending[1].cancel()
