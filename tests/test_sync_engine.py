@@ -225,3 +225,31 @@ def test_a_block_signed_by_a_revoked_key_is_refused(mind) -> None:  # type: igno
     assert stolen.id not in ids(laptop)
     [(_, record_id, reason)] = net.engines[laptop.device_id].rejections
     assert record_id == stolen.id and reason == "author_revoked"
+
+
+def test_status_says_comparing_while_a_reconciliation_runs(mind) -> None:  # type: ignore[no-untyped-def]
+    """While the rounds run, "behind" is only what they found so far: the status says so."""
+    laptop, phone = mind["laptop"], mind["phone"]
+    for i in range(2000):
+        laptop.remember(f"laptop fact {i}")
+    net = Net({"laptop": laptop, "phone": phone})
+    net.link(laptop, phone)
+    comparing = 0
+    for _ in range(100_000):  # Net.pump, one message at a time, looking at the status
+        for engine in net.engines.values():
+            for status in engine.status():
+                if status["comparing"]:
+                    comparing += 1
+                    assert not status["in_sync"], status
+        net.now += 10
+        for src, engine in net.engines.items():
+            net._send(src, engine.tick(net.now))
+        if not net.queue:
+            break
+        src, dst, body = net.queue.pop(0)
+        net._send(dst, net.engines[dst].receive(src, body, net.now))
+    assert comparing > 0
+    assert ids(phone) == ids(laptop)
+    for engine in net.engines.values():
+        [final] = engine.status()
+        assert final["in_sync"] and not final["comparing"] and final["behind"] == 0, final

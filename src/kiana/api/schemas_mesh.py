@@ -116,6 +116,11 @@ class SyncPeerOut(BaseModel):
     up: bool
     in_sync: bool
     behind: int = Field(description="Records the peer has that this device still waits for.")
+    comparing: bool = Field(
+        False,
+        description="This device is still comparing its set with the peer's: `behind` counts"
+        " only what the rounds so far found missing (a lower bound).",
+    )
     ahead_at_last_check: int
     last_exchange: int | None
     last_reconciled: int | None

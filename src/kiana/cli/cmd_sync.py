@@ -41,6 +41,10 @@ def sync_status(state: CliState, as_json: bool) -> None:
     for p in data["peers"]:
         if p["in_sync"]:
             st = "[green]in sync[/green]"
+        elif p.get("comparing"):
+            st = "comparing" + (
+                f", [yellow]behind by ≥ {p['behind']}[/yellow]" if p["behind"] else ""
+            )
         elif p["behind"]:
             st = f"[yellow]behind by {p['behind']}[/yellow]"
         else:

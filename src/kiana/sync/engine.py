@@ -436,6 +436,9 @@ class SyncEngine(Intake):
                 and not s.wanted
                 and s.reconciler is None,
                 "behind": len(s.wanted),
+                # This device is still comparing its set with the peer's: "behind" counts
+                # only what the rounds so far found missing (a lower bound).
+                "comparing": s.up and s.reconciler is not None,
                 "ahead_at_last_check": s.ahead,
                 "last_exchange": s.last_exchange,
                 "last_reconciled": s.last_reconciled,

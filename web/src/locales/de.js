@@ -169,6 +169,8 @@ export default {
   'sync.state': 'Sync',
   'sync.inSync': 'synchron',
   'sync.behind': '{n} im Rückstand',
+  'sync.comparing': 'Abgleich läuft…',
+  'sync.comparingBehind': 'Abgleich läuft… mindestens {n} im Rückstand',
   'sync.down': 'nicht verbunden',
   'sync.lastExchange': 'Letzter Austausch',
   'sync.records': 'Empfangen / gesendet',

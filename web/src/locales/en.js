@@ -169,6 +169,8 @@ export default {
   'sync.state': 'Sync',
   'sync.inSync': 'in sync',
   'sync.behind': 'behind by {n}',
+  'sync.comparing': 'comparing…',
+  'sync.comparingBehind': 'comparing… behind by at least {n}',
   'sync.down': 'not connected',
   'sync.lastExchange': 'Last exchange',
   'sync.records': 'Received / sent',
