@@ -268,10 +268,10 @@ def apply_membership(store: BlockStore, r: MembershipRecord, *, verified: bool =
     if r.action == "add":
         if known is not None:
             return False
-        store.add_device(_device_of(r, text))
+        store.add_device(device_of(r, text))
         return True
     if known is None:
-        store.add_device(_device_of(r, text))
+        store.add_device(device_of(r, text))
     return store.revoke_device(r.device, at=r.created, record=text)
 
 
@@ -321,7 +321,8 @@ def replay_membership(
     return ordered
 
 
-def _device_of(r: MembershipRecord, text: str) -> Device:
+def device_of(r: MembershipRecord, text: str | None = None) -> Device:
+    """The ``devices`` row an ``add`` record makes (``text``: the record's JSON, if known)."""
     return Device(
         device_id=r.device,
         sign_key=r.sign_key,
@@ -330,7 +331,7 @@ def _device_of(r: MembershipRecord, text: str) -> Device:
         person=r.person,
         name=r.name,
         added=r.created,
-        record=text,
+        record=record_json(r) if text is None else text,
     )
 
 
@@ -345,6 +346,7 @@ __all__ = [
     "AuthorityKey",
     "MembershipRecord",
     "apply_membership",
+    "device_of",
     "parse_membership",
     "record_json",
     "replay_membership",

@@ -18,8 +18,8 @@ from kiana.errors import KianaError
 from kiana.identity.membership import (
     MembershipRecord,
     apply_membership,
+    device_of,
     parse_membership,
-    record_json,
     verify_membership,
 )
 from kiana.node import Node
@@ -64,7 +64,7 @@ class MemberDirectory:
         if parsed.action != "add" or parsed.device != device_id:
             return None
         self._pending[device_id] = parsed
-        return _device_of(parsed)
+        return device_of(parsed)
 
     def _verify(self, record: MembershipRecord) -> None:
         verify_membership(record, mind_id=self.node.mind_id, authority_key=self.authority_key)
@@ -145,19 +145,6 @@ class MemberDirectory:
         if pending:
             log.warning("%d membership records from a peer were refused", len(pending))
         return revoked
-
-
-def _device_of(r: MembershipRecord) -> Device:
-    return Device(
-        device_id=r.device,
-        sign_key=r.sign_key,
-        box_key=r.box_key,
-        role=r.role,
-        person=r.person,
-        name=r.name,
-        added=r.created,
-        record=record_json(r),
-    )
 
 
 def _bad(message: str) -> KianaError:

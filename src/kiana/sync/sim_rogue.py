@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kiana.blocks import Block, make_block, make_tombstone
 from kiana.identity.keys import DeviceKeys
@@ -66,17 +66,7 @@ def _ledger_block(
         checkpoint=(),
     )
     sig = keys.signing.sign(draft.signed_message()).signature.hex()
-    return LedgerBlock(
-        height=draft.height,
-        parent=draft.parent,
-        time=draft.time,
-        signer=draft.signer,
-        records=draft.records,
-        merkle=draft.merkle,
-        difficulty=draft.difficulty,
-        checkpoint=(),
-        sig=sig,
-    )
+    return replace(draft, sig=sig)
 
 
 def attack(
