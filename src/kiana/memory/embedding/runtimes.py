@@ -29,7 +29,30 @@ from kiana.memory.embedding.registry import (
 )
 
 
-class OnnxEmbedder:
+class _ModelEmbedder:
+    """What both runtimes share: the model's id and size, batched ``embed`` over ``_run``."""
+
+    _spec: ModelSpec
+    _batch: int
+
+    @property
+    def model_id(self) -> str:
+        return self._spec.name
+
+    @property
+    def dim(self) -> int:
+        return self._spec.dim
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return embed_batched(
+            texts, self.dim, self._run, self._batch, max_tokens=self._spec.max_tokens
+        )
+
+    def _run(self, batch: list[str]) -> Vectors:
+        raise NotImplementedError
+
+
+class OnnxEmbedder(_ModelEmbedder):
     """The model's ONNX export run by onnxruntime, tokenised by ``tokenizers``."""
 
     runtime = "onnx"
@@ -72,19 +95,6 @@ class OnnxEmbedder:
             raise EmbeddingModelError(f"onnxruntime cannot load {spec.name}: {exc}") from exc
         self._inputs = {i.name for i in self._session.get_inputs()}
 
-    @property
-    def model_id(self) -> str:
-        return self._spec.name
-
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        return embed_batched(
-            texts, self.dim, self._run, self._batch, max_tokens=self._spec.max_tokens
-        )
-
     def _run(self, batch: list[str]) -> Vectors:
         encodings = self._tokenizer.encode_batch(batch)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
@@ -94,7 +104,7 @@ class OnnxEmbedder:
         return mean_pool(hidden, mask)
 
 
-class TorchEmbedder:
+class TorchEmbedder(_ModelEmbedder):
     """sentence-transformers on CPU torch."""
 
     runtime = "torch"
@@ -127,19 +137,6 @@ class TorchEmbedder:
                 f"sentence-transformers cannot load {spec.name}: {exc}"
             ) from exc
         self._model.max_seq_length = spec.max_tokens
-
-    @property
-    def model_id(self) -> str:
-        return self._spec.name
-
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        return embed_batched(
-            texts, self.dim, self._run, self._batch, max_tokens=self._spec.max_tokens
-        )
 
     def _run(self, batch: list[str]) -> Vectors:
         out = self._model.encode(
