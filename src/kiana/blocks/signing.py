@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import lru_cache
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from nacl.exceptions import BadSignatureError as NaclBadSignature
 from nacl.signing import SigningKey, VerifyKey
@@ -24,6 +25,8 @@ from kiana.errors import (
     MalformedBlockError,
     UnknownAuthorError,
 )
+
+R = TypeVar("R", Block, Tombstone)
 
 KeyLookup: TypeAlias = Callable[[str], bytes | None]
 """Maps a device id to its raw 32-byte Ed25519 public key, or ``None`` if unknown."""
@@ -40,6 +43,21 @@ def _digest(unsigned: dict[str, Any]) -> bytes:
     except ValueError as exc:
         raise MalformedBlockError(f"record cannot be encoded canonically: {exc}") from exc
     return hashlib.sha256(data).digest()
+
+
+def _signed(draft: R, unsigned: dict[str, Any], signing_key: SigningKey, domain: bytes) -> R:
+    """``draft`` with its id (the digest of ``unsigned``) and signature under ``domain``."""
+    digest = _digest(unsigned)
+    sig = signing_key.sign(domain + digest).signature
+    return replace(draft, id=digest.hex(), sig=sig.hex())
+
+
+def _checked_message(unsigned: dict[str, Any], rid: str, what: str, domain: bytes) -> bytes:
+    """``domain || digest`` of ``unsigned``, once ``rid`` is checked to be that digest."""
+    digest = _digest(unsigned)
+    if not hmac.compare_digest(digest.hex(), rid):
+        raise IdMismatchError(f"{what} id {rid[:12]}… does not match its content")
+    return domain + digest
 
 
 def make_block(
@@ -78,19 +96,7 @@ def make_block(
     unsigned = draft.unsigned_dict()
     # Validate exactly what we are about to sign, with the same rules a receiver uses.
     parse_block(unsigned, max_body=max_body, signed=False)
-    digest = _digest(unsigned)
-    sig = signing_key.sign(BLOCK_DOMAIN + digest).signature
-    return Block(
-        kind=kind,
-        scope=scope,
-        body=body,
-        meta=meta,
-        author=author,
-        created=created,
-        refs=draft.refs,
-        id=digest.hex(),
-        sig=sig.hex(),
-    )
+    return _signed(draft, unsigned, signing_key, BLOCK_DOMAIN)
 
 
 def verify_block(block: Block, lookup: KeyLookup) -> None:
@@ -103,21 +109,14 @@ def block_message(block: Block) -> bytes:
 
     ``verify_block`` in two steps, for callers that check signatures on another thread.
     """
-    digest = _digest(block.unsigned_dict())
-    if not hmac.compare_digest(digest.hex(), block.id):
-        raise IdMismatchError(f"block id {block.id[:12]}… does not match its content")
-    return BLOCK_DOMAIN + digest
+    return _checked_message(block.unsigned_dict(), block.id, "block", BLOCK_DOMAIN)
 
 
 def make_tombstone(
     signing_key: SigningKey, author: str, *, erases: str, created: int, reason: str = ""
 ) -> Tombstone:
     draft = Tombstone(erases=erases, author=author, created=created, reason=reason)
-    digest = _digest(draft.unsigned_dict())
-    sig = signing_key.sign(TOMBSTONE_DOMAIN + digest).signature
-    return Tombstone(
-        erases=erases, author=author, created=created, reason=reason, id=digest.hex(), sig=sig.hex()
-    )
+    return _signed(draft, draft.unsigned_dict(), signing_key, TOMBSTONE_DOMAIN)
 
 
 def verify_tombstone(tomb: Tombstone, lookup: KeyLookup) -> None:
@@ -126,10 +125,7 @@ def verify_tombstone(tomb: Tombstone, lookup: KeyLookup) -> None:
 
 def tombstone_message(tomb: Tombstone) -> bytes:
     """What a tombstone's signature covers, once its id is checked (else ``IdMismatchError``)."""
-    digest = _digest(tomb.unsigned_dict())
-    if not hmac.compare_digest(digest.hex(), tomb.id):
-        raise IdMismatchError(f"tombstone id {tomb.id[:12]}… does not match its content")
-    return TOMBSTONE_DOMAIN + digest
+    return _checked_message(tomb.unsigned_dict(), tomb.id, "tombstone", TOMBSTONE_DOMAIN)
 
 
 def check_signature(
