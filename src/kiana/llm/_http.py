@@ -24,10 +24,17 @@ import httpx
 from kiana.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
+    KianaError,
     LLMError,
     ModelUnavailableError,
 )
-from kiana.llm.base import DEFAULT_OPTIONS, ChatMessage, ChatStream, GenerationOptions
+from kiana.llm.base import (
+    DEFAULT_OPTIONS,
+    ChatMessage,
+    ChatStream,
+    GenerationOptions,
+    ModelInfo,
+)
 
 CONNECT_TIMEOUT = 10.0
 
@@ -153,19 +160,116 @@ def abort_on_cancel(cancel: threading.Event | None) -> Iterator[dict[str, Any]]:
         done.set()
 
 
+def json_object(text: str) -> dict[str, Any] | None:
+    """``text`` parsed as JSON if it is an object, else ``None``."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def sampling(options: GenerationOptions, max_tokens_key: str) -> dict[str, Any]:
+    """The generation options under the names both APIs use (but for the token limit)."""
+    out: dict[str, Any] = {
+        max_tokens_key: options.max_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+    }
+    if options.seed is not None:
+        out["seed"] = options.seed
+    if options.stop:
+        out["stop"] = list(options.stop)
+    return out
+
+
+def cancelled(cancel: threading.Event | None, out: ChatStream) -> bool:
+    """Whether ``cancel`` is set; if so the stream ends with ``finish_reason`` "cancelled"."""
+    if cancel is not None and cancel.is_set():
+        out.finish_reason = "cancelled"
+        return True
+    return False
+
+
+def first_token(out: ChatStream, started: float) -> None:
+    """Note the time to the first text piece (the first call only)."""
+    if "first_token_s" not in out.usage.extra:
+        out.usage.extra["first_token_s"] = time.monotonic() - started
+
+
+def as_int(value: object) -> int:
+    """A token counter from a server's JSON (0 when missing or not an integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class StreamingHttpModel:
     """What the Ollama and OpenAI-compatible clients share: one streaming POST per turn.
 
-    A subclass sets ``_what`` (for messages), ``_path`` (the chat route) and the
-    attributes below, and implements ``_payload`` and ``_read``.
+    A subclass sets ``backend``, ``_what`` (for messages) and ``_path`` (the chat
+    route), and implements ``_payload``, ``_read`` and ``_missing``.
     """
 
+    backend: str
     _what: str
     _path: str
-    _client: httpx.Client
-    _model: str
-    _timeout: float
-    base_url: str
+
+    def __init__(
+        self, model: str, base_url: str, timeout: float, headers: dict[str, str] | None = None
+    ) -> None:
+        self._model = model
+        self.base_url = base_url.rstrip("/")
+        self._timeout = float(timeout)
+        self._client = make_client(self.base_url, self._timeout, headers)
+
+    @property
+    def name(self) -> str:
+        return self._model
+
+    def close(self) -> None:
+        self._client.close()
+
+    def list_models(self) -> list[ModelInfo]:
+        raise NotImplementedError
+
+    def _missing(self, names: str) -> str:
+        """Why the configured model is unavailable, given the ``names`` the server has."""
+        raise NotImplementedError
+
+    def info(self) -> ModelInfo:
+        """The configured model as the server lists it; never raises for a down server."""
+        try:
+            models = self.list_models()
+        except KianaError as exc:
+            return ModelInfo(self.backend, self._model, False, exc.message, selected=True)
+        for m in models:
+            if m.selected:
+                return m
+        names = ", ".join(m.name for m in models) or "none"
+        return ModelInfo(self.backend, self._model, False, self._missing(names), selected=True)
+
+    def _get_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One plain request; its JSON answer, or a KI_ana error naming the server."""
+        try:
+            response = self._client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise translate(exc, self._what, self.base_url, self._timeout) from exc
+        if response.status_code >= 400:
+            model = str((body or {}).get("model", ""))
+            raise status_error(response, self._what, self.base_url, model)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise LLMError(
+                f"{self._what} at {self.base_url}{path} did not answer with JSON"
+            ) from exc
+
+    def _chat_payload(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+        """The fields both chat APIs share: model, messages, streaming on."""
+        return {
+            "model": self._model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+        }
 
     def _payload(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
@@ -193,8 +297,7 @@ class StreamingHttpModel:
     def _generate(
         self, payload: dict[str, Any], cancel: threading.Event | None, out: ChatStream
     ) -> Iterator[str]:
-        if cancel is not None and cancel.is_set():
-            out.finish_reason = "cancelled"
+        if cancelled(cancel, out):
             return
         started = time.monotonic()
         try:
@@ -208,7 +311,6 @@ class StreamingHttpModel:
                     raise status_error(response, self._what, self.base_url, self._model)
                 yield from self._read(response, cancel, out, started)
         except httpx.HTTPError as exc:
-            if cancel is not None and cancel.is_set():
-                out.finish_reason = "cancelled"
+            if cancelled(cancel, out):
                 return
             raise translate(exc, self._what, self.base_url, self._timeout) from exc

@@ -14,16 +14,21 @@ model is not pulled), and may send ``{"error": ...}`` as a line mid-stream.
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 
-from kiana.errors import KianaError, LLMError
-from kiana.llm._http import StreamingHttpModel, make_client, status_error, translate
+from kiana.errors import LLMError
+from kiana.llm._http import (
+    StreamingHttpModel,
+    as_int,
+    cancelled,
+    first_token,
+    json_object,
+    sampling,
+)
 from kiana.llm.base import ChatMessage, ChatStream, GenerationOptions, ModelInfo
 
 DEFAULT_URL = "http://127.0.0.1:11434"
@@ -46,34 +51,14 @@ class OllamaChatModel(StreamingHttpModel):
         timeout: float = 120.0,
         keep_alive: str | int | None = None,
     ) -> None:
-        self._model = model
-        self.base_url = (base_url or DEFAULT_URL).rstrip("/")
-        self._timeout = float(timeout)
+        super().__init__(model, base_url or DEFAULT_URL, timeout)
         self._keep_alive = keep_alive
-        self._client = make_client(self.base_url, self._timeout)
-
-    @property
-    def name(self) -> str:
-        return self._model
 
     def _payload(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
     ) -> dict[str, Any]:
-        opts: dict[str, Any] = {
-            "num_predict": options.max_tokens,
-            "temperature": options.temperature,
-            "top_p": options.top_p,
-        }
-        if options.seed is not None:
-            opts["seed"] = options.seed
-        if options.stop:
-            opts["stop"] = list(options.stop)
-        payload: dict[str, Any] = {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "stream": True,
-            "options": opts,
-        }
+        payload = self._chat_payload(messages)
+        payload["options"] = sampling(options, "num_predict")
         if self._keep_alive is not None:
             payload["keep_alive"] = self._keep_alive
         return payload
@@ -85,7 +70,6 @@ class OllamaChatModel(StreamingHttpModel):
         out: ChatStream,
         started: float,
     ) -> Iterator[str]:
-        first: float | None = None
         for number, line in enumerate(response.iter_lines(), start=1):
             if not line.strip():
                 continue
@@ -95,28 +79,21 @@ class OllamaChatModel(StreamingHttpModel):
             message = obj.get("message")
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str) and content:
-                if first is None:
-                    first = time.monotonic()
-                    out.usage.extra["first_token_s"] = first - started
+                first_token(out, started)
                 yield content
             if obj.get("done") is True:
                 out.finish_reason = "length" if obj.get("done_reason") == "length" else "stop"
                 self._usage(obj, out)
                 return
-            if cancel is not None and cancel.is_set():
-                out.finish_reason = "cancelled"
+            if cancelled(cancel, out):
                 return
-        if cancel is not None and cancel.is_set():
-            out.finish_reason = "cancelled"
+        if cancelled(cancel, out):
             return
         raise LLMError(f"{WHAT} at {self.base_url} ended the answer without a final 'done' object")
 
     def _parse(self, line: str, number: int) -> dict[str, Any]:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = json_object(line)
+        if obj is None:
             raise LLMError(
                 f"{WHAT} at {self.base_url} sent invalid JSON in its stream"
                 f" (line {number}, {len(line)} characters); is this really an Ollama server?"
@@ -125,23 +102,11 @@ class OllamaChatModel(StreamingHttpModel):
 
     @staticmethod
     def _usage(obj: dict[str, Any], out: ChatStream) -> None:
-        out.usage.prompt_tokens = _int(obj.get("prompt_eval_count"))
-        out.usage.completion_tokens = _int(obj.get("eval_count"))
+        out.usage.prompt_tokens = as_int(obj.get("prompt_eval_count"))
+        out.usage.completion_tokens = as_int(obj.get("eval_count"))
         for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
             if isinstance(obj.get(key), int | float):
                 out.usage.extra[key.replace("duration", "s")] = obj[key] / 1e9
-
-    def _get_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            response = self._client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise translate(exc, WHAT, self.base_url, self._timeout) from exc
-        if response.status_code >= 400:
-            raise status_error(response, WHAT, self.base_url, str((body or {}).get("model", "")))
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise LLMError(f"{WHAT} at {self.base_url}{path} did not answer with JSON") from exc
 
     def list_models(self) -> list[ModelInfo]:
         """The models the server has pulled (``GET /api/tags``)."""
@@ -171,22 +136,9 @@ class OllamaChatModel(StreamingHttpModel):
             )
         return infos
 
-    def info(self) -> ModelInfo:
-        """The configured model as the server knows it; never raises for a down server."""
-        try:
-            models = self.list_models()
-        except KianaError as exc:
-            return ModelInfo(self.backend, self._model, False, exc.message, selected=True)
-        for m in models:
-            if m.selected:
-                return m
-        names = ", ".join(m.name for m in models) or "none"
-        return ModelInfo(
-            self.backend,
-            self._model,
-            False,
-            f"not on {WHAT} at {self.base_url} (run 'ollama pull {self._model}'); it has: {names}",
-            selected=True,
+    def _missing(self, names: str) -> str:
+        return (
+            f"not on {WHAT} at {self.base_url} (run 'ollama pull {self._model}'); it has: {names}"
         )
 
     def embed(self, texts: str | Sequence[str], model: str | None = None) -> list[list[float]]:
@@ -209,9 +161,6 @@ class OllamaChatModel(StreamingHttpModel):
             )
         return [[float(x) for x in v] for v in vectors]
 
-    def close(self) -> None:
-        self._client.close()
-
 
 def same_model(a: str, b: str) -> bool:
     """Ollama names: ``llama3`` means ``llama3:latest``."""
@@ -220,7 +169,3 @@ def same_model(a: str, b: str) -> bool:
         return name if ":" in name else f"{name}:latest"
 
     return norm(a) == norm(b)
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

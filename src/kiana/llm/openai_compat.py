@@ -13,16 +13,21 @@ e.g. ``http://127.0.0.1:8080/v1``:
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 
-from kiana.errors import KianaError, LLMError
-from kiana.llm._http import StreamingHttpModel, make_client, status_error, translate
+from kiana.errors import LLMError
+from kiana.llm._http import (
+    StreamingHttpModel,
+    as_int,
+    cancelled,
+    first_token,
+    json_object,
+    sampling,
+)
 from kiana.llm.base import ChatMessage, ChatStream, GenerationOptions, ModelInfo
 
 DEFAULT_URL = "http://127.0.0.1:8080/v1"
@@ -45,32 +50,15 @@ class OpenAIChatModel(StreamingHttpModel):
         api_key: str = "",
         timeout: float = 120.0,
     ) -> None:
-        self._model = model
-        self.base_url = (base_url or DEFAULT_URL).rstrip("/")
-        self._timeout = float(timeout)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._client = make_client(self.base_url, self._timeout, headers)
-
-    @property
-    def name(self) -> str:
-        return self._model
+        super().__init__(model, base_url or DEFAULT_URL, timeout, headers)
 
     def _payload(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
     ) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": options.max_tokens,
-            "temperature": options.temperature,
-            "top_p": options.top_p,
-        }
-        if options.seed is not None:
-            payload["seed"] = options.seed
-        if options.stop:
-            payload["stop"] = list(options.stop)
+        payload = self._chat_payload(messages)
+        payload["stream_options"] = {"include_usage": True}
+        payload.update(sampling(options, "max_tokens"))
         return payload
 
     def _read(
@@ -80,7 +68,6 @@ class OpenAIChatModel(StreamingHttpModel):
         out: ChatStream,
         started: float,
     ) -> Iterator[str]:
-        first: float | None = None
         pieces = 0
         finished = False
         for number, line in enumerate(response.iter_lines(), start=1):
@@ -97,28 +84,24 @@ class OpenAIChatModel(StreamingHttpModel):
                 raise LLMError(f"{WHAT} at {self.base_url} failed mid-answer: {message}")
             usage = chunk.get("usage")
             if isinstance(usage, dict):
-                out.usage.prompt_tokens = _int(usage.get("prompt_tokens"))
-                out.usage.completion_tokens = _int(usage.get("completion_tokens"))
+                out.usage.prompt_tokens = as_int(usage.get("prompt_tokens"))
+                out.usage.completion_tokens = as_int(usage.get("completion_tokens"))
             choices = chunk.get("choices")
             choice = choices[0] if isinstance(choices, list) and choices else None
             if isinstance(choice, dict):
                 delta = choice.get("delta")
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str) and content:
-                    if first is None:
-                        first = time.monotonic()
-                        out.usage.extra["first_token_s"] = first - started
+                    first_token(out, started)
                     pieces += 1
                     yield content
                 reason = choice.get("finish_reason")
                 if isinstance(reason, str):
                     out.finish_reason = "length" if reason == "length" else "stop"
                     finished = True  # a usage chunk and [DONE] may follow
-            if cancel is not None and cancel.is_set():
-                out.finish_reason = "cancelled"
+            if cancelled(cancel, out):
                 return
-        if cancel is not None and cancel.is_set():
-            out.finish_reason = "cancelled"
+        if cancelled(cancel, out):
             return
         if not finished:
             raise LLMError(
@@ -129,11 +112,8 @@ class OpenAIChatModel(StreamingHttpModel):
             out.usage.completion_tokens = pieces  # servers without usage: one piece per token
 
     def _parse(self, data: str, number: int) -> dict[str, Any]:
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             raise LLMError(
                 f"{WHAT} at {self.base_url} sent an event that is not a JSON object"
                 f" (line {number}, {len(data)} characters)"
@@ -142,16 +122,7 @@ class OpenAIChatModel(StreamingHttpModel):
 
     def list_models(self) -> list[ModelInfo]:
         """The models the server offers (``GET {base}/models``)."""
-        try:
-            response = self._client.get("/models")
-        except httpx.HTTPError as exc:
-            raise translate(exc, WHAT, self.base_url, self._timeout) from exc
-        if response.status_code >= 400:
-            raise status_error(response, WHAT, self.base_url, "")
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise LLMError(f"{WHAT} at {self.base_url}/models did not answer with JSON") from exc
+        data = self._get_json("GET", "/models")
         entries = data.get("data") if isinstance(data, dict) else None
         if not isinstance(entries, list):
             raise LLMError(f"{WHAT} at {self.base_url}/models sent no 'data' list")
@@ -167,27 +138,5 @@ class OpenAIChatModel(StreamingHttpModel):
             if isinstance(e, dict) and isinstance(e.get("id"), str)
         ]
 
-    def info(self) -> ModelInfo:
-        """The configured model as the server lists it; never raises for a down server."""
-        try:
-            models = self.list_models()
-        except KianaError as exc:
-            return ModelInfo(self.backend, self._model, False, exc.message, selected=True)
-        for m in models:
-            if m.selected:
-                return m
-        names = ", ".join(m.name for m in models) or "none"
-        return ModelInfo(
-            self.backend,
-            self._model,
-            False,
-            f"not listed by {WHAT} at {self.base_url}; it serves: {names}",
-            selected=True,
-        )
-
-    def close(self) -> None:
-        self._client.close()
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    def _missing(self, names: str) -> str:
+        return f"not listed by {WHAT} at {self.base_url}; it serves: {names}"
