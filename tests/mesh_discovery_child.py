@@ -1,7 +1,8 @@
 """A discovery node for the namespace tests and the benchmark (run inside a namespace).
 
     python tests/mesh_discovery_child.py node --mind M --device D [--port P]
-        [--pairing NAMEPLATE] [--duration S]
+        [--pairing NAMEPLATE]... [--address-check S]
+        [--drop-pairing NAMEPLATE [--drop-after S]] [--duration S]
     python tests/mesh_discovery_child.py find --nameplate N [--timeout S]
     python tests/mesh_discovery_child.py plain --mind M --device D [--port P] [--duration S]
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -53,14 +56,24 @@ async def node(args: argparse.Namespace) -> None:
             pairing=peer.pairing,
         )
 
-    discovery = Discovery(mind_id=args.mind, device_id=args.device, port=args.port, on_peer=on_peer)
+    discovery = Discovery(
+        mind_id=args.mind,
+        device_id=args.device,
+        port=args.port,
+        on_peer=on_peer,
+        address_check_s=args.address_check,
+    )
     emit("starting")
     await discovery.start()
     try:
-        emit("started")
-        if args.pairing is not None:
-            await discovery.advertise_pairing(args.pairing)
+        emit("started", addresses=list(discovery.announced_addresses))
+        for nameplate in args.pairing or ():
+            await discovery.advertise_pairing(nameplate)
             emit("pairing")
+        if args.drop_pairing is not None:
+            await asyncio.sleep(args.drop_after)
+            await discovery.stop_pairing(args.drop_pairing)
+            emit("dropped", nameplate=args.drop_pairing)
         await wait_for_stop(args.duration)
     finally:
         await discovery.close()
@@ -126,6 +139,8 @@ async def find(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if os.environ.get("KIANA_CHILD_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     p_node = sub.add_parser("node")
@@ -135,7 +150,10 @@ def main(argv: list[str]) -> None:
         p.add_argument("--device", required=True)
         p.add_argument("--port", type=int, default=7475)
         p.add_argument("--duration", type=float, default=60.0)
-    p_node.add_argument("--pairing", type=int)
+    p_node.add_argument("--pairing", type=int, action="append")
+    p_node.add_argument("--address-check", type=float, default=30.0)
+    p_node.add_argument("--drop-pairing", type=int)
+    p_node.add_argument("--drop-after", type=float, default=1.0)
     p_find = sub.add_parser("find")
     p_find.add_argument("--nameplate", type=int, required=True)
     p_find.add_argument("--timeout", type=float, default=5.0)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -224,3 +226,89 @@ def test_nat_topology_and_coturn() -> None:
             assert relay["relayed"][0] == server and 49160 <= relay["relayed"][1] <= 49200
             assert relay["data"] == "via-turn"
             assert relay["from"] == [nat.address("peer"), 7002]
+
+
+# -- addresses that change while a device runs --------------------------------------------
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``proc`` prints, read by a thread so a test can wait with a timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_a_device_re_announces_when_its_addresses_change() -> None:
+    mind = "mind-cccccccccccccccc"
+    mover, watcher = (f"dev{i}-{DeviceKeys.generate().device_id}" for i in range(2))
+    new_address = "10.77.0.101"
+    with Lan(2) as lan:
+        a, b = lan.hosts
+        old_address = lan.address(a)
+        base = [sys.executable, CHILD, "node", "--mind", mind, "--duration", "20"]
+        moving = lan.run(a, [*base, "--device", mover, "--address-check", "0.3"])
+        seeing = lan.run(b, [*base, "--device", watcher, "--port", "7001"])
+        lines = _lines(seeing)
+        reports: list[list[str]] = []
+
+        def wait_for(addresses: list[str], timeout: float) -> float:
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event = json.loads(lines.get(timeout=left))
+                except queue.Empty:
+                    break
+                if event["event"] == "peer" and event["device"] == mover:
+                    reports.append(event["addresses"])
+                    if sorted(event["addresses"]) == sorted(addresses):
+                        return time.monotonic()
+            raise AssertionError(f"no report of {addresses} within {timeout} s: {reports}")
+
+        wait_for([old_address], 5)
+        added = time.monotonic()
+        lan.sh(lan.ip, "-n", lan.ns(a), "addr", "add", f"{new_address}/24", "dev", "eth0")
+        seen_new = wait_for([old_address, new_address], 5) - added
+        moving.terminate()
+        _, moving_err = moving.communicate(timeout=10)
+        assert moving.returncode == 0 and "Traceback" not in moving_err, moving_err
+    # within a few check intervals (0.3 s) plus the way over the wire
+    assert seen_new < 2.0, (seen_new, reports)
+
+
+def test_every_open_invitation_is_listed_and_closed_alone() -> None:
+    props = txt_properties("t", "d", [nameplate_hash(7), nameplate_hash(8)])
+    assert props["pair"] == f"{nameplate_hash(7)},{nameplate_hash(8)}"
+    many = txt_properties("t", "d", [nameplate_hash(n) for n in range(1, 30)])
+    assert len(f"pair={many['pair']}") <= 255
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_two_open_invitations_are_both_found_and_closed_one_by_one() -> None:
+    device = f"dev0-{DeviceKeys.generate().device_id}"
+    with Lan(2) as lan:
+        host, joiner = lan.hosts
+        argv = [sys.executable, CHILD, "node", "--mind", "mind-dddddddddddddddd"]
+        argv += ["--device", device, "--duration", "8", "--pairing", "7", "--pairing", "8"]
+        node = lan.run(host, [*argv, "--drop-pairing", "7", "--drop-after", "2.5"])
+        time.sleep(0.5)
+        find = [sys.executable, CHILD, "find", "--timeout", "1.5", "--nameplate"]
+        both = [lan.run(joiner, [*find, str(n)]) for n in (7, 8)]
+        first = [events(p)[-1]["host"] for p in both]
+        lines = _lines(node)
+        while json.loads(lines.get(timeout=10))["event"] != "dropped":
+            pass  # the node drops nameplate 7 at 2.5 s
+        after = [lan.run(joiner, [*find, str(n)]) for n in (7, 8)]
+        later = [events(p)[-1]["host"] for p in after]
+        address = lan.address(host)
+    assert first == [[address, 7475], [address, 7475]]
+    assert later == [None, [address, 7475]]

@@ -5,10 +5,18 @@ Every node advertises ``<device id>._kiana._tcp.local.`` with the TXT record
 the same type. A service whose mind tag equals ours (and whose device is not
 ours) is reported as a :class:`PeerSeen`; everything else on the link is ignored.
 
+Addresses move (a laptop joins another network, DHCP renews, an interface comes
+up): every ``address_check_s`` (30 s) the device compares its current addresses
+with the announced ones, off the event loop, and when they differ sends goodbyes
+for the addresses it lost and re-announces with the new ones. The TXT key ``a``
+(a short hash of the announced addresses) changes with them, so peers' browsers
+report the device again even when an address was only removed.
+
 What a neighbour on the LAN learns: that a KI_ana device is there, its device id
 and an opaque 16-hex mind tag, which links devices of the same mind but names
-neither the mind nor its owner. While an invitation is open, the inviter adds
-``{"pair": <nameplate hash>}`` so a joiner (which has no mind tag yet) can find
+neither the mind nor its owner. While invitations are open, the inviter adds
+``{"pair": <nameplate hash>,<nameplate hash>,...}`` (one per open invitation, at
+most ``MAX_PAIRING_ADVERTS``) so a joiner (which has no mind tag yet) can find
 it. The nameplate is hashed so it is not shown in clear, but with only 999
 nameplates this is obfuscation, not secrecy: the pairing code's words are the
 secret (see ``pairing``).
@@ -37,7 +45,9 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf.const import _FLAGS_AA, _FLAGS_QR_RESPONSE
 
 from kiana.errors import MeshError
 
@@ -54,6 +64,10 @@ RESOLVE_TIMEOUT_S = 3.0
 """Longest wait for a seen service's SRV/TXT/A records."""
 BROWSE_INTERVAL_MS = 10_000
 """Minimum time between zeroconf's periodic PTR queries (its default)."""
+ADDRESS_CHECK_S = 30.0
+"""How often a device compares its current addresses with the announced ones."""
+MAX_PAIRING_ADVERTS = 14
+"""Open invitations advertised at once: 14 hashes of 16 hex fit one 255-byte TXT string."""
 
 
 def mind_tag(mind_id: str) -> str:
@@ -66,12 +80,35 @@ def nameplate_hash(nameplate: int) -> str:
     return hmac.new(_PAIR_KEY, str(nameplate).encode("ascii"), hashlib.sha256).hexdigest()[:16]
 
 
-def txt_properties(tag: str, device_id: str, pairing: str | None = None) -> dict[str, str]:
-    """The TXT record a device advertises; nothing in it names the mind or a person."""
+def address_hash(addresses: Sequence[str]) -> str:
+    """The ``a`` TXT value: changes whenever the announced addresses change."""
+    joined = ",".join(sorted(addresses)).encode("ascii")
+    return hashlib.sha256(joined).hexdigest()[:8]
+
+
+def txt_properties(
+    tag: str,
+    device_id: str,
+    pairing: str | Sequence[str] | None = None,
+    addresses: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """The TXT record a device advertises; nothing in it names the mind or a person.
+
+    ``pairing``: the hashed nameplates of the open invitations (one or several);
+    ``addresses``: the announced addresses, whose hash goes into ``a``.
+    """
     props = {"v": TXT_VERSION, "m": tag, "d": device_id}
-    if pairing is not None:
-        props["pair"] = pairing
+    if addresses is not None:
+        props["a"] = address_hash(addresses)
+    plates = [pairing] if isinstance(pairing, str) else list(pairing or ())
+    if plates:
+        props["pair"] = ",".join(plates[:MAX_PAIRING_ADVERTS])
     return props
+
+
+def pairing_hashes(info_value: str | None) -> tuple[str, ...]:
+    """The nameplate hashes in a ``pair`` TXT value (none when absent)."""
+    return tuple(h for h in (info_value or "").split(",") if h)
 
 
 def local_ipv4_addresses() -> tuple[str, ...]:
@@ -162,8 +199,9 @@ class Discovery:
     ``on_peer`` is called (on the event loop) whenever a device of the same
     mind appears or its advertisement changes (addresses, port, pairing).
     ``addresses`` are the IPv4 addresses to announce (default: every
-    non-loopback IPv4 address of the host); ``interfaces`` the addresses
-    zeroconf listens on (default: all).
+    non-loopback IPv4 address of the host, checked again every
+    ``address_check_s`` seconds); ``interfaces`` the addresses zeroconf listens
+    on (default: all).
     """
 
     def __init__(
@@ -175,33 +213,57 @@ class Discovery:
         on_peer: Callable[[PeerSeen], None],
         addresses: Sequence[str] | None = None,
         interfaces: Sequence[str] | None = None,
+        address_check_s: float = ADDRESS_CHECK_S,
     ) -> None:
+        if address_check_s <= 0:
+            raise ValueError("address_check_s must be positive")
         self.tag = mind_tag(mind_id)
         self.device_id = device_id
         self.port = port
         self.on_peer = on_peer
         self.addresses = tuple(addresses) if addresses is not None else None
         self.interfaces = tuple(interfaces) if interfaces is not None else None
+        self.address_check_s = address_check_s
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
-        self._pairing: str | None = None
+        self._announced: tuple[str, ...] = ()
+        self._pairing: list[str] = []  # hashed nameplates of the open invitations, in order
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self._broadcast: Awaitable[object] | None = None
 
     @property
     def running(self) -> bool:
         return self._azc is not None
 
-    def _service_info(self) -> AsyncServiceInfo:
-        addresses = self.addresses if self.addresses is not None else local_ipv4_addresses()
-        props = txt_properties(self.tag, self.device_id, self._pairing)
+    @property
+    def announced_addresses(self) -> tuple[str, ...]:
+        """The addresses in the current advertisement (empty before ``start``)."""
+        return self._announced
+
+    def _service_info(self, addresses: Sequence[str] | None = None) -> AsyncServiceInfo:
+        if addresses is None:
+            addresses = self.addresses if self.addresses is not None else local_ipv4_addresses()
+        props = txt_properties(
+            self.tag,
+            self.device_id,
+            self._pairing,
+            addresses if self.addresses is None else None,
+        )
         return _make_info(self.device_id, self.port, addresses, props)
+
+    async def _current_addresses(self) -> tuple[str, ...]:
+        if self.addresses is not None:
+            return self.addresses
+        # ifaddr walks the interfaces with getifaddrs(): a system call, so not on the loop
+        return await asyncio.to_thread(local_ipv4_addresses)
 
     async def start(self) -> None:
         """Open mDNS, announce this device and start browsing. ``MeshError`` on failure."""
         if self._azc is not None:
             return
+        announced = await self._current_addresses()
         azc = _open_zeroconf(self.interfaces)
         self._azc = azc
         try:
@@ -210,7 +272,8 @@ class Discovery:
             self._browser = AsyncServiceBrowser(
                 azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change], delay=BROWSE_INTERVAL_MS
             )
-            self._info = self._service_info()
+            self._announced = announced
+            self._info = self._service_info(self._announced)
             # The instance name is the device id, derived from the device's key, so it
             # is unique by construction: skip the probe (~1 s) and announce at once.
             async with asyncio.timeout(START_TIMEOUT_S):
@@ -223,24 +286,93 @@ class Discovery:
         except BaseException:
             await self.close()
             raise
+        if self.addresses is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_addresses())
         log.debug("mdns: announcing device %s on port %d", _short(self.device_id), self.port)
 
+    async def _watch_addresses(self) -> None:
+        """Every ``address_check_s``: re-announce when the host's addresses changed."""
+        while self._azc is not None:
+            await asyncio.sleep(self.address_check_s)
+            try:
+                await self.check_addresses()
+            except (MeshError, OSError) as exc:
+                log.warning("mdns: could not re-announce new addresses: %s", exc)
+
+    async def check_addresses(self) -> bool:
+        """Compare the host's addresses with the announced ones; re-announce if they differ.
+
+        True when the advertisement changed. Called by the periodic check; callable
+        directly (e.g. on a network-change signal).
+        """
+        current = await self._current_addresses()
+        if self._azc is None or current == self._announced:
+            return False
+        gone = [a for a in self._announced if a not in current]
+        log.info(
+            "mdns: addresses changed (%d now, %d gone): re-announcing", len(current), len(gone)
+        )
+        self._announced = current
+        if gone:
+            self._send_goodbyes(gone)
+        await self._update()
+        return True
+
+    def _send_goodbyes(self, gone: Sequence[str]) -> None:
+        """Withdraw address records at once (TTL 0), not after peers' 120 s cache time."""
+        assert self._azc is not None and self._info is not None
+        old = _make_info(self.device_id, self.port, gone, {})
+        out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        for record in old.dns_addresses(override_ttl=0, version=IPVersion.V4Only):
+            out.add_answer_at_time(record, 0)
+        with contextlib.suppress(OSError):
+            self._azc.zeroconf.async_send(out)
+
     async def advertise_pairing(self, nameplate: int) -> None:
-        """Add the hashed nameplate of an open invitation to this device's advertisement."""
-        await self._set_pairing(nameplate_hash(nameplate))
+        """Add the hashed nameplate of an open invitation to this device's advertisement.
 
-    async def stop_pairing(self) -> None:
-        """Remove the pairing advertisement (the invitation was used, expired or cancelled)."""
-        await self._set_pairing(None)
-
-    async def _set_pairing(self, value: str | None) -> None:
-        if value == self._pairing:
+        Every open invitation is listed (at most ``MAX_PAIRING_ADVERTS``; later ones
+        are reachable only by address until an earlier one closes).
+        """
+        value = nameplate_hash(nameplate)
+        if value in self._pairing:
             return
-        self._pairing = value
+        self._pairing.append(value)
+        if len(self._pairing) > MAX_PAIRING_ADVERTS:
+            log.warning(
+                "mdns: %d invitations open; only %d are advertised",
+                len(self._pairing),
+                MAX_PAIRING_ADVERTS,
+            )
+            return
+        await self._update()
+
+    async def stop_pairing(self, nameplate: int | None = None) -> None:
+        """Remove an invitation (used, expired or cancelled) from the advertisement.
+
+        Without ``nameplate``: remove every invitation.
+        """
+        if nameplate is None:
+            changed = bool(self._pairing)
+            self._pairing = []
+        else:
+            value = nameplate_hash(nameplate)
+            changed = value in self._pairing[:MAX_PAIRING_ADVERTS]
+            if value in self._pairing:
+                self._pairing.remove(value)
+        if changed:
+            await self._update()
+
+    @property
+    def advertised_pairings(self) -> tuple[str, ...]:
+        """The hashed nameplates in the advertisement now."""
+        return tuple(self._pairing[:MAX_PAIRING_ADVERTS])
+
+    async def _update(self) -> None:
         if self._azc is None or self._info is None:
             return
-        self._info = self._service_info()
-        self._cancel_broadcast()  # or its repeats would re-announce the old TXT record
+        self._info = self._service_info(self._announced)
+        self._cancel_broadcast()  # or its repeats would re-announce the old records
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 self._broadcast = await self._azc.async_update_service(self._info)
@@ -258,6 +390,9 @@ class Discovery:
         self._cancel_broadcast()
         azc, self._azc = self._azc, None
         tasks, self._tasks = self._tasks, set()
+        if self._watcher is not None:
+            tasks.add(self._watcher)
+            self._watcher = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -296,7 +431,7 @@ class Discovery:
             device_id=device,
             addresses=tuple(info.parsed_addresses(IPVersion.V4Only)),
             port=info.port,
-            pairing=_text(info, "pair") is not None,
+            pairing=bool(pairing_hashes(_text(info, "pair"))),
         )
         log.debug("mdns: saw device %s (%d addresses)", _short(device), len(peer.addresses))
         self.on_peer(peer)
@@ -321,7 +456,7 @@ async def find_pairing_host(
 
     async def check(zc: Zeroconf, name: str) -> None:
         info = await _resolve(zc, name)
-        if info is None or info.port is None or _text(info, "pair") != wanted:
+        if info is None or info.port is None or wanted not in pairing_hashes(_text(info, "pair")):
             return
         addresses = info.parsed_addresses(IPVersion.V4Only)
         if addresses and not found.done():

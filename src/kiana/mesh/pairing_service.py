@@ -96,13 +96,12 @@ class PairingService:
         event = self._changed.get(plate)
         if event is not None:
             event.set()
-        if values["state"] != "waiting" and not any(
-            s["state"] == "waiting" for s in self._states.values()
-        ):
+        if values["state"] != "waiting":
+            # only this invitation leaves the advertisement; other open codes stay findable
             discovery = self.mesh._discovery
             if discovery is not None:
                 with contextlib.suppress(KianaError, OSError):
-                    await discovery.stop_pairing()
+                    await discovery.stop_pairing(plate)
 
     def state(self, nameplate: int) -> dict[str, Any]:
         found = self._states.get(nameplate)
