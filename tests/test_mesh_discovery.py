@@ -254,6 +254,8 @@ def test_a_device_re_announces_when_its_addresses_change() -> None:
     with Lan(2) as lan:
         a, b = lan.hosts
         old_address = lan.address(a)
+        # deleting the primary address must keep the secondary one (not the default)
+        lan.sysctl(lan.ns(a), "net.ipv4.conf.eth0.promote_secondaries", "1")
         base = [sys.executable, CHILD, "node", "--mind", mind, "--duration", "20"]
         moving = lan.run(a, [*base, "--device", mover, "--address-check", "0.3"])
         seeing = lan.run(b, [*base, "--device", watcher, "--port", "7001"])
@@ -277,11 +279,15 @@ def test_a_device_re_announces_when_its_addresses_change() -> None:
         added = time.monotonic()
         lan.sh(lan.ip, "-n", lan.ns(a), "addr", "add", f"{new_address}/24", "dev", "eth0")
         seen_new = wait_for([old_address, new_address], 5) - added
+        # the old address goes: peers drop it (zeroconf's socket on it is gone: reopened)
+        removed = time.monotonic()
+        lan.sh(lan.ip, "-n", lan.ns(a), "addr", "del", f"{old_address}/24", "dev", "eth0")
+        seen_gone = wait_for([new_address], 5) - removed
         moving.terminate()
         _, moving_err = moving.communicate(timeout=10)
         assert moving.returncode == 0 and "Traceback" not in moving_err, moving_err
-    # within a few check intervals (0.3 s) plus the way over the wire
-    assert seen_new < 2.0, (seen_new, reports)
+    # within a few check intervals (0.3 s), the wire and the 1 s cache flush for a removal
+    assert seen_new < 2.0 and seen_gone < 3.0, (seen_new, seen_gone, reports)
 
 
 def test_every_open_invitation_is_listed_and_closed_alone() -> None:

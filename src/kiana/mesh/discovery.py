@@ -66,6 +66,9 @@ BROWSE_INTERVAL_MS = 10_000
 """Minimum time between zeroconf's periodic PTR queries (its default)."""
 ADDRESS_CHECK_S = 30.0
 """How often a device compares its current addresses with the announced ones."""
+CACHE_FLUSH_S = 1.2
+"""After a report, look again this much later: superseded records are flushed after 1 s."""
+"""How often a device compares its current addresses with the announced ones."""
 MAX_PAIRING_ADVERTS = 14
 """Open invitations advertised at once: 14 hashes of 16 hex fit one 255-byte TXT string."""
 
@@ -313,10 +316,38 @@ class Discovery:
             "mdns: addresses changed (%d now, %d gone): re-announcing", len(current), len(gone)
         )
         self._announced = current
+        if gone and self.interfaces is None:
+            # zeroconf bound one socket to each address it found at start: one whose
+            # address is gone can no longer send, so open mDNS afresh on today's addresses.
+            await self._reopen(gone)
+            return True
         if gone:
             self._send_goodbyes(gone)
         await self._update()
         return True
+
+    async def _reopen(self, gone: Sequence[str]) -> None:
+        """Close mDNS, open it on new sockets, withdraw ``gone`` and announce again."""
+        azc, browser = self._azc, self._browser
+        assert azc is not None
+        self._cancel_broadcast()
+        await _close_zeroconf(azc, browser)
+        fresh = _open_zeroconf(self.interfaces)
+        self._azc = fresh
+        try:
+            await _wait_started(fresh)
+            self._browser = AsyncServiceBrowser(
+                fresh.zeroconf, SERVICE_TYPE, handlers=[self._on_change], delay=BROWSE_INTERVAL_MS
+            )
+            self._info = self._service_info(self._announced)
+            self._send_goodbyes(gone)  # also flushes records refreshed less than 1 s ago
+            async with asyncio.timeout(START_TIMEOUT_S):
+                self._broadcast = await fresh.async_register_service(
+                    self._info, cooperating_responders=True
+                )
+        except (TimeoutError, BadTypeInNameException, OSError) as exc:
+            raise MeshError("could not announce this device over mDNS again") from exc
+        log.debug("mdns: mDNS reopened on %d addresses", len(self._announced))
 
     def _send_goodbyes(self, gone: Sequence[str]) -> None:
         """Withdraw address records at once (TTL 0), not after peers' 120 s cache time."""
@@ -418,23 +449,39 @@ class Discovery:
         task.add_done_callback(self._tasks.discard)
 
     async def _report(self, zc: Zeroconf, name: str) -> None:
+        peer = await self._peer(zc, name)
+        if peer is None:
+            return
+        log.debug("mdns: saw device %s (%d addresses)", _short(peer.device_id), len(peer.addresses))
+        self.on_peer(peer)
+        # A re-announcement flushes the address records it no longer carries (RFC 6762
+        # 10.2) one second later, silently: look again then, and report what is left.
+        await asyncio.sleep(CACHE_FLUSH_S)
+        again = await self._peer(zc, name)
+        if again is not None and again != peer:
+            log.debug(
+                "mdns: device %s now has %d addresses", _short(peer.device_id), len(again.addresses)
+            )
+            self.on_peer(again)
+
+    async def _peer(self, zc: Zeroconf, name: str) -> PeerSeen | None:
         info = await _resolve(zc, name)
         if info is None:
             log.debug("mdns: a service did not resolve in time")
-            return
+            return None
         device = _text(info, "d")
         if _text(info, "v") != TXT_VERSION or _text(info, "m") != self.tag or not device:
-            return  # another mind, another version, or not ours to read
+            return None  # another mind, another version, or not ours to read
         if device == self.device_id or info.port is None:
-            return
-        peer = PeerSeen(
+            return None
+        return PeerSeen(
             device_id=device,
-            addresses=tuple(info.parsed_addresses(IPVersion.V4Only)),
+            addresses=tuple(
+                sorted(info.parsed_addresses(IPVersion.V4Only), key=ipaddress.IPv4Address)
+            ),
             port=info.port,
             pairing=bool(pairing_hashes(_text(info, "pair"))),
         )
-        log.debug("mdns: saw device %s (%d addresses)", _short(device), len(peer.addresses))
-        self.on_peer(peer)
 
 
 async def find_pairing_host(
