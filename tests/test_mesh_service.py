@@ -177,3 +177,34 @@ def test_queued_messages_survive_restarts_exactly_once(tmp_path: Path) -> None:
             await stop_service(svc)
 
     asyncio.run(main())
+
+
+def test_mdns_addresses_follow_a_device_that_moved(tmp_path: Path) -> None:
+    """mDNS reports replace the addresses mDNS reported before; manual ones stay.
+
+    The device is no member, so nothing is dialled (and the addresses are loopback ones).
+    """
+    from kiana.mesh.mdns import PeerSeen
+
+    async def main() -> None:
+        a = await start_service(init_node(tmp_path / "a"))
+        try:
+            other = "d" * 64
+            a.learn_address(other, "127.0.9.50:7475", "manual")
+            a._on_discovered(PeerSeen(other, ("127.0.9.10", "127.0.9.11"), 7475, False))
+            assert set(a.peers[other].addresses) == {
+                "127.0.9.50:7475",
+                "127.0.9.10:7475",
+                "127.0.9.11:7475",
+            }
+            a._on_discovered(PeerSeen(other, ("127.0.9.12",), 7475, False))  # it moved
+            assert a.peers[other].addresses == {
+                "127.0.9.50:7475": "manual",
+                "127.0.9.12:7475": "mdns",
+            }
+            a._on_discovered(PeerSeen(other, ("127.0.9.99",), 7475, True))  # a pairing advert
+            assert "127.0.9.99:7475" not in a.peers[other].addresses
+        finally:
+            await stop_service(a)
+
+    asyncio.run(main())

@@ -23,6 +23,7 @@ from kiana.mesh.service_base import MeshBase, _Peer, now_ms
 from kiana.mesh.tcp import PURPOSE_LINK, format_address, open_framed, parse_address
 
 if TYPE_CHECKING:
+    from kiana.mesh.mdns import PeerSeen
     from kiana.mesh.service import MeshService
 
 log = logging.getLogger("kiana.mesh")
@@ -46,21 +47,30 @@ class DialerMixin(MeshBase):
 
     # -- discovery and addresses -------------------------------------------------------
 
-    async def _start_discovery(self) -> None:
-        from kiana.mesh.discovery import Discovery, PeerSeen
+    def _on_discovered(self, p: PeerSeen) -> None:
+        """mDNS reported a device of this mind: its current addresses replace the ones
+        mDNS reported before (a device that moved is not dialled at its old address);
+        addresses from other sources stay."""
+        if p.pairing or p.device_id == self.node.device_id:
+            return
+        current = {format_address(host, p.port) for host in p.addresses}
+        peer = self.peers.get(p.device_id)
+        if peer is not None:
+            for address, source in list(peer.addresses.items()):
+                if source == "mdns" and address not in current:
+                    del peer.addresses[address]
+        for address in sorted(current):
+            self.learn_address(p.device_id, address, "mdns")
 
-        def seen(p: PeerSeen) -> None:
-            if p.pairing:
-                return
-            for host in p.addresses:
-                self.learn_address(p.device_id, format_address(host, p.port), "mdns")
+    async def _start_discovery(self) -> None:
+        from kiana.mesh.discovery import Discovery
 
         try:
             self._discovery = Discovery(
                 mind_id=self.node.mind_id,
                 device_id=self.node.device_id,
                 port=self.port,
-                on_peer=seen,
+                on_peer=self._on_discovered,
             )
             await self._discovery.start()
         except (OSError, KianaError) as exc:

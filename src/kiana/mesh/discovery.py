@@ -29,19 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
-import ifaddr
 from zeroconf import (
     BadTypeInNameException,
-    DNSQuestionType,
     IPVersion,
-    NotRunningException,
     ServiceStateChange,
     Zeroconf,
 )
@@ -50,150 +44,55 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from zeroconf.const import _FLAGS_AA, _FLAGS_QR_RESPONSE
 
 from kiana.errors import MeshError
+from kiana.mesh.mdns import (
+    ADDRESS_CHECK_S,
+    BROWSE_INTERVAL_MS,
+    CACHE_FLUSH_S,
+    MAX_PAIRING_ADVERTS,
+    RESOLVE_TIMEOUT_S,
+    SERVICE_TYPE,
+    START_TIMEOUT_S,
+    TXT_VERSION,
+    PeerSeen,
+    address_hash,
+    close_zeroconf,
+    find_pairing_host,
+    local_ipv4_addresses,
+    make_info,
+    mind_tag,
+    nameplate_hash,
+    open_zeroconf,
+    pairing_hashes,
+    resolve,
+    service_name,
+    short_id,
+    txt_properties,
+    txt_value,
+    wait_started,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_kiana._tcp.local."
-TXT_VERSION = "1"
-_TAG_MESSAGE = b"kiana-mdns-tag-v1"
-_PAIR_KEY = b"kiana-mdns-pair-v1"
-
-START_TIMEOUT_S = 5.0
-"""Longest wait for zeroconf to start or to register/update/unregister a service."""
-RESOLVE_TIMEOUT_S = 3.0
-"""Longest wait for a seen service's SRV/TXT/A records."""
-BROWSE_INTERVAL_MS = 10_000
-"""Minimum time between zeroconf's periodic PTR queries (its default)."""
-ADDRESS_CHECK_S = 30.0
-"""How often a device compares its current addresses with the announced ones."""
-CACHE_FLUSH_S = 1.2
-"""After a report, look again this much later: superseded records are flushed after 1 s."""
-"""How often a device compares its current addresses with the announced ones."""
-MAX_PAIRING_ADVERTS = 14
-"""Open invitations advertised at once: 14 hashes of 16 hex fit one 255-byte TXT string."""
-
-
-def mind_tag(mind_id: str) -> str:
-    """An opaque tag shared by the devices of one mind: HMAC-SHA256(mind id, domain)[:16 hex]."""
-    return hmac.new(mind_id.encode("utf-8"), _TAG_MESSAGE, hashlib.sha256).hexdigest()[:16]
-
-
-def nameplate_hash(nameplate: int) -> str:
-    """The ``pair`` TXT value for an open invitation: the nameplate, not in clear."""
-    return hmac.new(_PAIR_KEY, str(nameplate).encode("ascii"), hashlib.sha256).hexdigest()[:16]
-
-
-def address_hash(addresses: Sequence[str]) -> str:
-    """The ``a`` TXT value: changes whenever the announced addresses change."""
-    joined = ",".join(sorted(addresses)).encode("ascii")
-    return hashlib.sha256(joined).hexdigest()[:8]
-
-
-def txt_properties(
-    tag: str,
-    device_id: str,
-    pairing: str | Sequence[str] | None = None,
-    addresses: Sequence[str] | None = None,
-) -> dict[str, str]:
-    """The TXT record a device advertises; nothing in it names the mind or a person.
-
-    ``pairing``: the hashed nameplates of the open invitations (one or several);
-    ``addresses``: the announced addresses, whose hash goes into ``a``.
-    """
-    props = {"v": TXT_VERSION, "m": tag, "d": device_id}
-    if addresses is not None:
-        props["a"] = address_hash(addresses)
-    plates = [pairing] if isinstance(pairing, str) else list(pairing or ())
-    if plates:
-        props["pair"] = ",".join(plates[:MAX_PAIRING_ADVERTS])
-    return props
-
-
-def pairing_hashes(info_value: str | None) -> tuple[str, ...]:
-    """The nameplate hashes in a ``pair`` TXT value (none when absent)."""
-    return tuple(h for h in (info_value or "").split(",") if h)
-
-
-def local_ipv4_addresses() -> tuple[str, ...]:
-    """Every non-loopback IPv4 address of this host's interfaces, sorted."""
-    found: set[str] = set()
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if ip.is_IPv4 and isinstance(ip.ip, str):
-                addr = ipaddress.IPv4Address(ip.ip)
-                if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
-                    found.add(ip.ip)
-    return tuple(sorted(found, key=ipaddress.IPv4Address))
-
-
-@dataclass(frozen=True, slots=True)
-class PeerSeen:
-    """A device of this mind announced on the local network."""
-
-    device_id: str
-    addresses: tuple[str, ...]
-    port: int
-    pairing: bool
-
-
-def service_name(device_id: str) -> str:
-    return f"{device_id}.{SERVICE_TYPE}"
-
-
-def _short(device_id: str) -> str:
-    return device_id[:4]
-
-
-def _make_info(
-    device_id: str, port: int, addresses: Sequence[str], props: dict[str, str]
-) -> AsyncServiceInfo:
-    return AsyncServiceInfo(
-        SERVICE_TYPE,
-        service_name(device_id),
-        port=port,
-        properties=props,
-        server=f"kiana-{device_id}.local.",
-        parsed_addresses=list(addresses),
-    )
-
-
-def _open_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf:
-    try:
-        if interfaces is None:
-            return AsyncZeroconf(ip_version=IPVersion.V4Only)
-        return AsyncZeroconf(interfaces=list(interfaces), ip_version=IPVersion.V4Only)
-    except OSError as exc:
-        raise MeshError(f"mDNS is unavailable on this host: {exc.strerror or exc}") from exc
-
-
-async def _wait_started(azc: AsyncZeroconf) -> None:
-    try:
-        await azc.zeroconf.async_wait_for_start(timeout=START_TIMEOUT_S)
-    except NotRunningException as exc:
-        raise MeshError("mDNS did not start in time") from exc
-
-
-async def _close_zeroconf(azc: AsyncZeroconf, browser: AsyncServiceBrowser | None) -> None:
-    """Stop browsing, send goodbyes and close; at most START_TIMEOUT_S, then just close."""
-    try:
-        async with asyncio.timeout(START_TIMEOUT_S):
-            if browser is not None:
-                await browser.async_cancel()
-            await azc.async_close()
-    except TimeoutError:
-        log.debug("mdns: close timed out; sockets closed without goodbye")
-        azc.zeroconf.close()
-
-
-async def _resolve(zc: Zeroconf, name: str) -> AsyncServiceInfo | None:
-    """The service's records from the cache, or asked for (at most RESOLVE_TIMEOUT_S)."""
-    info = AsyncServiceInfo(SERVICE_TYPE, name)
-    found = await info.async_request(zc, RESOLVE_TIMEOUT_S * 1000, question_type=DNSQuestionType.QU)
-    return info if found else None
-
-
-def _text(info: AsyncServiceInfo, key: str) -> str | None:
-    return info.decoded_properties.get(key)
+__all__ = [
+    "ADDRESS_CHECK_S",
+    "BROWSE_INTERVAL_MS",
+    "CACHE_FLUSH_S",
+    "MAX_PAIRING_ADVERTS",
+    "RESOLVE_TIMEOUT_S",
+    "SERVICE_TYPE",
+    "START_TIMEOUT_S",
+    "TXT_VERSION",
+    "Discovery",
+    "PeerSeen",
+    "address_hash",
+    "find_pairing_host",
+    "local_ipv4_addresses",
+    "mind_tag",
+    "nameplate_hash",
+    "pairing_hashes",
+    "service_name",
+    "txt_properties",
+]
 
 
 class Discovery:
@@ -254,7 +153,7 @@ class Discovery:
             self._pairing,
             addresses if self.addresses is None else None,
         )
-        return _make_info(self.device_id, self.port, addresses, props)
+        return make_info(self.device_id, self.port, addresses, props)
 
     async def _current_addresses(self) -> tuple[str, ...]:
         if self.addresses is not None:
@@ -267,10 +166,10 @@ class Discovery:
         if self._azc is not None:
             return
         announced = await self._current_addresses()
-        azc = _open_zeroconf(self.interfaces)
+        azc = open_zeroconf(self.interfaces)
         self._azc = azc
         try:
-            await _wait_started(azc)
+            await wait_started(azc)
             # Browse first so answers to our own startup queries are not missed.
             self._browser = AsyncServiceBrowser(
                 azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change], delay=BROWSE_INTERVAL_MS
@@ -291,7 +190,7 @@ class Discovery:
             raise
         if self.addresses is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_addresses())
-        log.debug("mdns: announcing device %s on port %d", _short(self.device_id), self.port)
+        log.debug("mdns: announcing device %s on port %d", short_id(self.device_id), self.port)
 
     async def _watch_addresses(self) -> None:
         """Every ``address_check_s``: re-announce when the host's addresses changed."""
@@ -331,11 +230,11 @@ class Discovery:
         azc, browser = self._azc, self._browser
         assert azc is not None
         self._cancel_broadcast()
-        await _close_zeroconf(azc, browser)
-        fresh = _open_zeroconf(self.interfaces)
+        await close_zeroconf(azc, browser)
+        fresh = open_zeroconf(self.interfaces)
         self._azc = fresh
         try:
-            await _wait_started(fresh)
+            await wait_started(fresh)
             self._browser = AsyncServiceBrowser(
                 fresh.zeroconf, SERVICE_TYPE, handlers=[self._on_change], delay=BROWSE_INTERVAL_MS
             )
@@ -352,7 +251,7 @@ class Discovery:
     def _send_goodbyes(self, gone: Sequence[str]) -> None:
         """Withdraw address records at once (TTL 0), not after peers' 120 s cache time."""
         assert self._azc is not None and self._info is not None
-        old = _make_info(self.device_id, self.port, gone, {})
+        old = make_info(self.device_id, self.port, gone, {})
         out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
         for record in old.dns_addresses(override_ttl=0, version=IPVersion.V4Only):
             out.add_answer_at_time(record, 0)
@@ -433,7 +332,7 @@ class Discovery:
             return
         browser, self._browser = self._browser, None
         self._info = None
-        await _close_zeroconf(azc, browser)
+        await close_zeroconf(azc, browser)
 
     def _on_change(
         self,
@@ -452,7 +351,9 @@ class Discovery:
         peer = await self._peer(zc, name)
         if peer is None:
             return
-        log.debug("mdns: saw device %s (%d addresses)", _short(peer.device_id), len(peer.addresses))
+        log.debug(
+            "mdns: saw device %s (%d addresses)", short_id(peer.device_id), len(peer.addresses)
+        )
         self.on_peer(peer)
         # A re-announcement flushes the address records it no longer carries (RFC 6762
         # 10.2) one second later, silently: look again then, and report what is left.
@@ -460,17 +361,19 @@ class Discovery:
         again = await self._peer(zc, name)
         if again is not None and again != peer:
             log.debug(
-                "mdns: device %s now has %d addresses", _short(peer.device_id), len(again.addresses)
+                "mdns: device %s now has %d addresses",
+                short_id(peer.device_id),
+                len(again.addresses),
             )
             self.on_peer(again)
 
     async def _peer(self, zc: Zeroconf, name: str) -> PeerSeen | None:
-        info = await _resolve(zc, name)
+        info = await resolve(zc, name)
         if info is None:
             log.debug("mdns: a service did not resolve in time")
             return None
-        device = _text(info, "d")
-        if _text(info, "v") != TXT_VERSION or _text(info, "m") != self.tag or not device:
+        device = txt_value(info, "d")
+        if txt_value(info, "v") != TXT_VERSION or txt_value(info, "m") != self.tag or not device:
             return None  # another mind, another version, or not ours to read
         if device == self.device_id or info.port is None:
             return None
@@ -480,54 +383,5 @@ class Discovery:
                 sorted(info.parsed_addresses(IPVersion.V4Only), key=ipaddress.IPv4Address)
             ),
             port=info.port,
-            pairing=bool(pairing_hashes(_text(info, "pair"))),
+            pairing=bool(pairing_hashes(txt_value(info, "pair"))),
         )
-
-
-async def find_pairing_host(
-    nameplate: int,
-    timeout_s: float,
-    *,
-    interfaces: Sequence[str] | None = None,
-) -> tuple[str, int] | None:
-    """For a joiner: the (address, port) of a device advertising ``nameplate``, or None.
-
-    Browses ``_kiana._tcp`` for at most ``timeout_s`` seconds and returns the first
-    service whose ``pair`` value matches, whatever its mind.
-    """
-    wanted = nameplate_hash(nameplate)
-    azc = _open_zeroconf(interfaces)
-    loop = asyncio.get_running_loop()
-    found: asyncio.Future[tuple[str, int]] = loop.create_future()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def check(zc: Zeroconf, name: str) -> None:
-        info = await _resolve(zc, name)
-        if info is None or info.port is None or wanted not in pairing_hashes(_text(info, "pair")):
-            return
-        addresses = info.parsed_addresses(IPVersion.V4Only)
-        if addresses and not found.done():
-            found.set_result((addresses[0], info.port))
-
-    def on_change(
-        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
-        if state_change is not ServiceStateChange.Removed:
-            task = loop.create_task(check(zeroconf, name))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    browser: AsyncServiceBrowser | None = None
-    try:
-        await _wait_started(azc)
-        browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[on_change])
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await found
-        except TimeoutError:
-            return None
-    finally:
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await _close_zeroconf(azc, browser)
