@@ -27,6 +27,9 @@ from hypothesis import settings
 from kiana.blocks import Block, Tombstone, make_block, make_tombstone
 from kiana.identity import DeviceKeys
 from kiana.store import BlockStore, Device
+from kiana.store.db import Database
+from kiana.store.migrations import migrate
+from kiana.sync.crdt_store import SqlOpStore
 
 # No deadline: signing on a busy CI machine is slow now and then. On CI, the same
 # examples every run (reproducible) and no example database.
@@ -182,6 +185,22 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """A URL for an empty database, once per backend."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def sql_store(store_url: str) -> Iterator[Callable[[], SqlOpStore]]:
+    """Opens the same migrated database again and again, as restarts would (CRDT op logs)."""
+    opened: list[Database] = []
+
+    def open_store() -> SqlOpStore:
+        db = Database(store_url)
+        opened.append(db)
+        migrate(db)
+        return SqlOpStore(db)
+
+    yield open_store
+    for db in opened:
+        db.close()
 
 
 @pytest.fixture(scope="session")

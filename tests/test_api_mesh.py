@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.api_helpers import ApiClient, error_code, make_home
 from tests.mesh_helpers import settings_for
+from tests.polling import wait_for
 
 from kiana.api.app import create_app
 from kiana.config import Settings
 from kiana.mesh.pairing_service import join_mind
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def mesh_port(api: ApiClient) -> int:

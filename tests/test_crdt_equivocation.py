@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from crdt_helpers import SIG, mk, signed
 from kiana.errors import FrameError
-from kiana.store import Database, migrate
 from kiana.sync.crdt import Op, SharedState, SqlOpStore, encode_ops
 from kiana.sync.crdt_digest import CHUNK, decode_chunks, decode_digests
 from kiana.sync.crdt_wire import op_hash
@@ -224,21 +223,6 @@ def test_a_differing_op_that_does_not_verify_is_a_bad_signature_not_a_proof() ->
     got = a.receive([forged], sender="b")
     assert [x.code for x in got.refused] == ["bad_signature"] and got.equivocated == ()
     assert a.get("k") == "real" and a.equivocations() == {}
-
-
-@pytest.fixture
-def sql_store(store_url: str) -> Iterator[Callable[[], SqlOpStore]]:
-    opened: list[Database] = []
-
-    def open_store() -> SqlOpStore:
-        db = Database(store_url)
-        opened.append(db)
-        migrate(db)
-        return SqlOpStore(db)
-
-    yield open_store
-    for db in opened:
-        db.close()
 
 
 def test_a_restart_from_the_sql_op_log_keeps_the_winner_and_the_proof(

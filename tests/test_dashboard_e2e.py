@@ -33,6 +33,7 @@ from tests.api_helpers import make_home
 from tests.chat_helpers import SMOLLM, Server, chat_home, model_cache, require_models
 from tests.chat_helpers import running_server as chat_server
 from tests.helpers_cli import QUIET_MESH
+from tests.polling import wait_for
 
 from kiana.api import create_app
 from kiana.api.serve import make_server
@@ -135,17 +136,6 @@ def run_async(fn: Callable[[], Any]) -> Any:
     """Run a coroutine function to completion in a worker thread (away from Playwright's loop)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(fn())).result(timeout=60)
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)
 
 
 def login(page: Any, token: str, path: str = "/chat") -> None:

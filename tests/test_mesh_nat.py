@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from tests.helpers_cli import clean_env, kiana_argv
 from tests.mesh_helpers import init_node, pair_into, start_service, stop_service
+from tests.polling import wait_for
 
 from kiana.home import load_identity, read_token
 from netns import Coturn, NatTopology, start_coturn, stop_process, tcp_probe
@@ -206,14 +207,7 @@ def _settings(home: Path) -> Any:
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, mesh: Mesh) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{mesh.logs()}")
-        time.sleep(0.5)
+    return wait_for(check, timeout_s, what, interval_s=0.5, context=mesh.logs)
 
 
 @contextlib.contextmanager

@@ -19,12 +19,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from tests.polling import wait_for as until
 
 from helpers_cli import clean_env, kiana_argv
 from kiana.mesh.codes import WORDS
@@ -105,18 +106,6 @@ results["stalled preamble"] = outcome(stall, 8.0)  # the node waits 5 s for a pr
 stall.close()
 print(json.dumps(results))
 """
-
-
-def until(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; that value. Fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass

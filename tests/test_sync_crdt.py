@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -470,22 +470,6 @@ def test_oversized_frames_are_refused_on_encode() -> None:
 
 
 # -- persistence ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def sql_store(store_url: str) -> Iterator[Callable[[], SqlOpStore]]:
-    """Opens the same migrated database again and again, as restarts would."""
-    opened: list[Database] = []
-
-    def open_store() -> SqlOpStore:
-        db = Database(store_url)
-        opened.append(db)
-        migrate(db)
-        return SqlOpStore(db)
-
-    yield open_store
-    for db in opened:
-        db.close()
 
 
 def test_state_survives_a_restart_on_sql(sql_store: Callable[[], SqlOpStore]) -> None:

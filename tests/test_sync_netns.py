@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 import pytest
 from tests.mind_helpers import make_mind
+from tests.polling import wait_for as until
 
 from helpers_cli import clean_env, kiana_argv
 from kiana.blocks import make_block
@@ -81,18 +82,6 @@ for line in sys.stdin:
         out = {"error": type(exc).__name__ + ": " + str(exc)}
     print(json.dumps(out), flush=True)
 """
-
-
-def until(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; that value. Fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def model_cache() -> str:
