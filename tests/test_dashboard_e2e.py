@@ -224,7 +224,7 @@ def stoppable_server(settings: Settings) -> Iterator[tuple[str, Callable[[], Non
         assert not thread.is_alive()
 
     try:
-        wait_for(lambda: server.started or not thread.is_alive(), what="server start")
+        wait_for(lambda: server.started or not thread.is_alive(), 20.0, "server start")
         assert server.started
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", stop
     finally:
@@ -508,7 +508,8 @@ def test_devices_pairing_then_a_second_nodes_fact_arrives_live(
                 p["device"] == joined["device"] and p["state"] == "up"
                 for p in client.get("/api/v1/mesh/peers").json()["peers"]
             ),
-            what="A and B linked",
+            20.0,
+            "A and B linked",
         )
     STATE["node_b"] = node_b
     STATE["device_b"] = joined["device"]
